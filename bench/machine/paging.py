@@ -1,0 +1,127 @@
+"""x86-32 guest paging, non-PAE (2 levels, 4-byte entries) and PAE (PDPT + 2 levels, 8-byte entries).
+
+The walker follows the hardware rules the kernel relies on (Intel SDM vol. 3 ch. 4; R3
+include/asm-i386/pgtable*.h): a translation through an entry sets its accessed bit (bit 5); a
+write sets the dirty bit (bit 6) of the leaf (pte, or a PS=1 directory entry); a write through a
+read-only leaf faults (CR0.WP=1, as Linux sets it); a user-mode access through a supervisor
+entry faults. PAE PDPT entries have no accessed bit and are not written.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from bench.machine.memory import GuestMemory
+
+P = 0x001
+RW = 0x002
+US = 0x004
+A = 0x020
+D = 0x040
+PS = 0x080
+G = 0x100
+BIT_ACCESSED = 5
+"""_PAGE_BIT_ACCESSED (R3 include/asm-i386/pgtable.h)."""
+
+ADDR_MASK_32 = 0xFFFFF000
+ADDR_MASK_PAE = 0x000FFFFFFFFFF000
+"""PAE entries carry up to 52 address bits (KVM's PT64_BASE_ADDR_MASK); real 32-bit CPUs use 36."""
+
+
+class Mode(NamedTuple):
+    """A paging mode's geometry."""
+
+    pae: bool
+    entry_size: int  # bytes per entry
+    entries: int  # entries per table page
+    pte_shift: int  # log2 of entries per leaf table (10 or 9)
+    large_shift: int  # bytes mapped by one directory entry: 22 (4 MiB) or 21 (2 MiB)
+    addr_mask: int
+
+
+NONPAE = Mode(False, 4, 1024, 10, 22, ADDR_MASK_32)
+PAE = Mode(True, 8, 512, 9, 21, ADDR_MASK_PAE)
+
+
+def mode_for(pae: bool) -> Mode:
+    return PAE if pae else NONPAE
+
+
+class Walk(NamedTuple):
+    """The result of a successful guest walk.
+
+    ``pt_gfn`` is the gfn of the leaf page table (None when a PS=1 directory entry maps the page),
+    ``pd_gfn`` the gfn of the page directory holding the directory entry, ``leaf_gpa``/``leaf`` the
+    leaf entry's gpa and value after the walk's A/D updates, ``writable``/``user`` the combined
+    permissions, ``dirty`` whether the leaf's D bit is set and ``dirtied`` whether this walk set
+    it (a write through a clean leaf).
+    """
+
+    gfn: int
+    pt_gfn: int | None
+    pd_gfn: int
+    leaf_gpa: int
+    leaf: int
+    writable: bool
+    user: bool
+    dirty: bool
+    dirtied: bool
+
+
+def directory_entry_gpa(mem: GuestMemory, mode: Mode, cr3: int, vaddr: int) -> int:
+    """The gpa of the page-directory entry for ``vaddr`` (reading the PDPT under PAE); -1 if none."""
+    if mode.pae:
+        pdpte = mem.read_entry((cr3 & 0xFFFFFFE0) + ((vaddr >> 30) << 3), True)
+        if not pdpte & P:
+            return -1
+        return (pdpte & ADDR_MASK_PAE) + (((vaddr >> 21) & 0x1FF) << 3)
+    return (cr3 & ADDR_MASK_32) + ((vaddr >> 22) << 2)
+
+
+def walk(mem: GuestMemory, mode: Mode, cr3: int, vaddr: int, write: bool, user: bool,
+         set_bits: bool = True) -> Walk | None:
+    """Translate ``vaddr`` as the hardware walker does; None is a guest page fault.
+
+    With ``set_bits`` the accessed bits of the directory entry and pte, and the dirty bit of the
+    leaf on a write, are set in guest memory, as the CPU (or KVM's walk_addr, K26
+    paging_tmpl.h:178-184) does.
+    """
+    pae = mode.pae
+    esize = mode.entry_size
+    pde_gpa = directory_entry_gpa(mem, mode, cr3, vaddr)
+    if pde_gpa < 0:
+        return None
+    pde = mem.read_entry(pde_gpa, pae)
+    if not pde & P or (user and not pde & US):
+        return None
+    mask = mode.addr_mask
+    if pde & PS:
+        if write and not pde & RW:
+            return None
+        dirtied = bool(write and not pde & D)
+        if set_bits:
+            want = pde | A | (D if write else 0)
+            if want != pde:
+                mem.write32(pde_gpa, want & 0xFFFFFFFF)
+                pde = want
+        span = (1 << (mode.large_shift - 12)) - 1
+        gfn = ((pde & mask) >> 12 & ~span) + ((vaddr >> 12) & span)
+        return Walk(gfn, None, pde_gpa >> 12, pde_gpa, pde, bool(pde & RW), bool(pde & US),
+                    bool(pde & D), dirtied)
+    pte_gpa = (pde & mask) + (((vaddr >> 12) & (mode.entries - 1)) * esize)
+    pte = mem.read_entry(pte_gpa, pae)
+    if not pte & P or (user and not pte & US):
+        return None
+    writable = bool(pde & RW and pte & RW)
+    if write and not writable:
+        return None
+    dirtied = bool(write and not pte & D)
+    if set_bits:
+        if not pde & A:
+            mem.write32(pde_gpa, (pde | A) & 0xFFFFFFFF)
+        want = pte | A | (D if write else 0)
+        if want != pte:
+            mem.write32(pte_gpa, want & 0xFFFFFFFF)
+            pte = want
+    return Walk((pte & mask) >> 12, (pde & mask) >> 12, pde_gpa >> 12, pte_gpa, pte,
+                writable, bool(pde & US and pte & US), bool(pte & D), dirtied)

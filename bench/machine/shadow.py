@@ -1,0 +1,652 @@
+"""The shadow executor: KVM's shadow MMU (domain.md section 3), with a policy at each decision.
+
+Modelled on Linux 2.6.26 arch/x86/kvm/mmu.c and paging_tmpl.h (K26), with the mechanism
+differences of other versions selected by the policy's MMUConfig. The host is x86-64, so
+shadow pages always hold 512 eight-byte sptes; a vCPU's root is KVM's ``pae_root``, four
+level-2 shadow pages, one per GiB of guest-virtual space (mmu_alloc_roots).
+
+Shadow pages are keyed by (gfn, level, quadrant, direct), KVM's role reduced to what differs
+here:
+
+- a non-PAE guest's 1024-entry page table is shadowed by up to two level-1 pages (quadrant =
+  bit 21 of the address), its page directory by four level-2 pages (quadrant = bits 30-31);
+- a PAE guest's tables map 1:1 (quadrant 0); its PDPT is not shadowed (load_pdptrs);
+- a guest large page (PS=1) is shadowed by a "direct" (metaphysical) level-1 page whose gfn is
+  the first frame of the 2 MiB it maps; direct pages write-protect nothing.
+
+While a gfn has an indirect shadow page that is in sync it is write-protected: every spte mapping
+it is read-only (rmap_write_protect when the page is created, K26 mmu.c:843; set_spte, K26
+1082-1097). An spte exists only for a present guest pte with A=1 (K26 paging_tmpl.h:254-257).
+Sptes are ints: ``gfn << 12 | P | W | A``; the A bit is the shadow accessed bit, clear on
+speculative sptes (installed from an emulated write) until the guest really uses them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from bench.errors import BenchError
+from bench.machine.counters import Counters
+from bench.machine.memory import GuestMemory
+from bench.machine.native import apply_write, count_native
+from bench.machine.paging import ADDR_MASK_PAE, Mode, walk
+from bench.ops import BTR, BTS, COMPUTE, CR3, INVLPG, LOAD, MARK, PAGE_OFFSET, STORE
+from bench.policy import NOTIFICATION_HOOKS, Decision, MMUConfig, Policy, PteWrite, WriteFault, overridden
+
+SPTE_P = 0x1
+SPTE_W = 0x2
+SPTE_A = 0x20
+
+_FIXED, _PTWRITE, _GUEST_FAULT = 0, 1, 2
+
+
+class ShadowPage:
+    """kvm_mmu_page: one 512-entry shadow table for (gfn, level, quadrant, direct)."""
+
+    __slots__ = ("gfn", "level", "quadrant", "direct", "sptes", "children", "parents",
+                 "unsync", "root_count", "invalid")
+
+    def __init__(self, gfn: int, level: int, quadrant: int, direct: bool) -> None:
+        self.gfn = gfn
+        self.level = level
+        self.quadrant = quadrant
+        self.direct = direct
+        self.sptes: dict[int, int] = {}  # level 1: index -> spte
+        self.children: dict[int, ShadowPage] = {}  # level 2: index -> child page
+        self.parents: set[tuple[ShadowPage, int]] = set()
+        self.unsync = False
+        self.root_count = 0
+        self.invalid = False
+
+    @property
+    def key(self) -> tuple[int, int, int, bool]:
+        return (self.gfn, self.level, self.quadrant, self.direct)
+
+    def __repr__(self) -> str:
+        kind = "direct" if self.direct else "shadow"
+        return f"<sp {kind} gfn {self.gfn:#x} l{self.level} q{self.quadrant}>"
+
+
+class ShadowMachine:
+    """Executes guest operations under shadow paging with one policy; counts every event."""
+
+    def __init__(self, mem: GuestMemory, mode: Mode, cr3s: list[int], policy: Policy) -> None:
+        self.mem = mem
+        self.mode = mode
+        self.pae = mode.pae
+        self.policy = policy
+        self.cfg: MMUConfig = policy.mmu_config(mode.pae)
+        if self.cfg.tdp:
+            raise BenchError(f"policy {policy.name} needs the two-dimensional paging executor")
+        self.counters = Counters()
+        self.marks: list[tuple[int, dict[str, int]]] = []
+        self.pages: dict[tuple[int, int, int, bool], ShadowPage] = {}
+        self.by_gfn: dict[int, list[ShadowPage]] = {}  # indirect shadow pages per gfn
+        self.rmap: dict[int, set[tuple[ShadowPage, int]]] = {}  # gfn -> leaf sptes mapping it
+        self.unsync_pages: set[ShadowPage] = set()
+        self.cpus = len(cr3s)
+        self.cr3 = list(cr3s)
+        self.roots: list[list[ShadowPage | None]] = [[None] * 4 for _ in cr3s]
+        self.batch = [0] * self.cpus
+        self.check_every_op = False
+        self._unsynced = False
+        self._hooks = {h: getattr(policy, h) for h in NOTIFICATION_HOOKS if overridden(policy, h)}
+        self._on_spte_set = self._hooks.get("on_spte_set")
+        self._on_shadow_walk = self._hooks.get("on_shadow_walk")
+        self._on_zap = self._hooks.get("on_zap")
+        policy.attach(self)
+        for cpu in range(self.cpus):
+            self._load_roots(cpu)
+
+    # ===================================================================== MMUView (for policies)
+    def spte_accessed(self, ref: tuple[ShadowPage, int]) -> bool:
+        sp, idx = ref
+        spte = sp.sptes.get(idx)
+        return spte is not None and bool(spte & SPTE_A)
+
+    def mark_spte_accessed(self, ref: tuple[ShadowPage, int]) -> None:
+        sp, idx = ref
+        spte = sp.sptes.get(idx)
+        if spte is not None:
+            sp.sptes[idx] = spte | SPTE_A
+
+    def gfn_of(self, ref: tuple[ShadowPage, int]) -> int:
+        sp, idx = ref
+        spte = sp.sptes.get(idx)
+        return -1 if spte is None else spte >> 12
+
+    def resync_gfn(self, gfn: int) -> None:
+        for sp in list(self.by_gfn.get(gfn, ())):
+            if sp.unsync:
+                self._sync_page(sp)
+
+    def shadow_levels(self, gfn: int) -> tuple[int, ...]:
+        return tuple(sorted(sp.level for sp in self.by_gfn.get(gfn, ())))
+
+    # ============================================================================ running
+    def run(self, ops: Iterable[tuple]) -> Counters:
+        step = self.step
+        if self.check_every_op:
+            from bench.machine.invariants import check_shadow
+
+            for op in ops:
+                step(op)
+                check_shadow(self)
+        else:
+            for op in ops:
+                step(op)
+        return self.counters
+
+    def step(self, op: tuple) -> None:
+        kind, cpu, addr, arg, value, insn = op
+        count_native(self.counters, kind, arg)
+        if self.batch[cpu]:
+            if self._emulate_extra(kind, cpu, addr, arg, value, insn):
+                return
+        if kind == LOAD:
+            if self._translate(cpu, addr, False) < 0:
+                self._page_fault(cpu, addr, False)
+                self._translate(cpu, addr, False)
+        elif kind == STORE or kind == BTR or kind == BTS:
+            gpa = self._translate(cpu, addr, True)
+            if gpa >= 0:
+                apply_write(self.mem, gpa, kind, arg, value)
+            else:
+                self._write_fault(kind, cpu, addr, arg, value, insn)
+        elif kind == INVLPG:
+            self._invlpg(cpu, addr)
+        elif kind == CR3:
+            self._set_cr3(cpu, addr)
+        elif kind == MARK:
+            self.marks.append((arg, self.counters.as_dict()))
+
+    # ============================================================================ translation
+    def _translate(self, cpu: int, vaddr: int, write: bool) -> int:
+        """The hardware walk of the shadow tables: the gpa, or -1 for a shadow page fault.
+
+        A successful access sets the spte's shadow accessed bit, as the processor does. A write
+        through a read-only spte faults without setting it (commit 1b7fcd3263's premise).
+        """
+        sp2 = self.roots[cpu][vaddr >> 30]
+        if sp2 is None or sp2.invalid:
+            return -1
+        sp1 = sp2.children.get((vaddr >> 21) & 0x1FF)
+        if sp1 is None:
+            return -1
+        idx = (vaddr >> 12) & 0x1FF
+        spte = sp1.sptes.get(idx)
+        if spte is None or (write and not spte & SPTE_W):
+            return -1
+        if not spte & SPTE_A:
+            sp1.sptes[idx] = spte | SPTE_A
+        return ((spte >> 12) << 12) | (vaddr & 0xFFF)
+
+    # ============================================================================ page faults
+    def _page_fault(self, cpu: int, vaddr: int, write: bool) -> int:
+        """FNAME(page_fault) (K26 paging_tmpl.h): walk the guest, fetch, count. Returns status."""
+        c = self.counters
+        if any(sp is not None and sp.invalid for sp in self.roots[cpu]):
+            self._load_roots(cpu)  # kvm_mmu_reload after kvm_reload_remote_mmus
+        user = vaddr < PAGE_OFFSET
+        w = walk(self.mem, self.mode, self.cr3[cpu], vaddr, write, user)
+        if w is None:
+            c.exit_guest_fault += 1
+            c.pf_guest += 1
+            hook = self._hooks.get("on_guest_fault")
+            if hook:
+                hook(cpu)
+            return _GUEST_FAULT
+        if w.dirtied and self.cfg.dirty_bit_pte_write:
+            # walk_addr: cmpxchg_gpte(D) then kvm_mmu_pte_write(pte_gpa, pte) (2.6.21-2.6.30)
+            size = self.mode.entry_size
+            self._mmu_pte_write(cpu, w.leaf_gpa, size, "walker", w.leaf & ~0x40, w.leaf,
+                                extra=False, walker=True)
+        self._unsynced = False
+        status = self._fetch(cpu, vaddr, w, write, user)
+        c.pf_fixed += 1
+        if status == _FIXED:
+            if self._unsynced and write:
+                c.exit_ptwrite_unsync += 1  # 2.6.28: the write fault unsynced the page
+            else:
+                c.exit_hidden_fault += 1
+        hook = self._hooks.get("on_shadow_fault")
+        if hook:
+            hook(cpu, status == _PTWRITE)
+        return status
+
+    def _fetch(self, cpu: int, vaddr: int, w, write: bool, user: bool) -> int:
+        """FNAME(fetch): link the shadow pages down to the leaf and set the spte."""
+        root = self.roots[cpu][vaddr >> 30]
+        if root is None:
+            # a PAE pdpte became present after the last cr3 load; KVM would need a reload too
+            self._load_roots(cpu)
+            root = self.roots[cpu][vaddr >> 30]
+            if root is None:
+                raise BenchError(f"no shadow root for {vaddr:#x}: the guest changed its PDPT "
+                                 "without reloading cr3")
+        walk_hook = self._on_shadow_walk
+        if walk_hook:
+            walk_hook(cpu, root.level, root.gfn)
+        i2 = (vaddr >> 21) & 0x1FF
+        child = root.children.get(i2)
+        if child is None:
+            if w.pt_gfn is None:
+                child = self._get_page(w.gfn & ~0x1FF, 1, 0, True)
+            else:
+                quadrant = 0 if self.pae else (vaddr >> 21) & 1
+                child = self._get_page(w.pt_gfn, 1, quadrant, False)
+            root.children[i2] = child
+            child.parents.add((root, i2))
+        if walk_hook:
+            walk_hook(cpu, child.level, child.gfn)
+        ptwrite = self._set_spte(cpu, child, (vaddr >> 12) & 0x1FF, w.gfn, w.writable, w.dirty,
+                                 write, user, False)
+        return _PTWRITE if ptwrite else _FIXED
+
+    def _get_page(self, gfn: int, level: int, quadrant: int, direct: bool) -> ShadowPage:
+        """kvm_mmu_get_page: find the shadow page for this role or create it (mmu_cache_miss)."""
+        if not direct:
+            for sp in self.by_gfn.get(gfn, ()):
+                if sp.unsync:
+                    self._sync_page(sp)  # 2.6.28 kvm_mmu_get_page syncs an unsync page it meets
+        key = (gfn, level, quadrant, direct)
+        sp = self.pages.get(key)
+        if sp is not None:
+            return sp
+        self.counters.mmu_cache_miss += 1
+        sp = ShadowPage(gfn, level, quadrant, direct)
+        self.pages[key] = sp
+        if not direct:
+            self.by_gfn.setdefault(gfn, []).append(sp)
+            self._write_protect(gfn)
+        return sp
+
+    def _write_protect(self, gfn: int) -> None:
+        """rmap_write_protect: every spte mapping gfn becomes read-only."""
+        for sp, idx in self.rmap.get(gfn, ()):
+            spte = sp.sptes[idx]
+            if spte & SPTE_W:
+                sp.sptes[idx] = spte & ~SPTE_W
+
+    def _protected(self, gfn: int) -> bool:
+        """Whether gfn has an indirect shadow page that is in sync (so it must stay read-only)."""
+        sps = self.by_gfn.get(gfn)
+        if not sps:
+            return False
+        for sp in sps:
+            if not sp.unsync:
+                return True
+        return False
+
+    def _need_write_protect(self, cpu: int, gfn: int, write_fault: bool) -> bool:
+        """mmu_need_write_protect (2.6.28): the policy may let a leaf page go out of sync."""
+        sps = self.by_gfn.get(gfn)
+        if not sps:
+            return False
+        if all(sp.unsync for sp in sps):
+            return False
+        if self._can_unsync(gfn) and self.policy.unsync_on_map(cpu, gfn, write_fault):
+            self._unsync(gfn)
+            self._unsynced = True
+            return False
+        return True
+
+    def _set_spte(self, cpu: int, sp: ShadowPage, idx: int, gfn: int, writable: bool,
+                  dirty: bool, write_fault: bool, user_fault: bool, speculative: bool) -> bool:
+        """mmu_set_spte (K26 mmu.c ~L870-990). Returns ptwrite."""
+        sptes = sp.sptes
+        old = sptes.get(idx)
+        if old is not None and old >> 12 != gfn:
+            self._rmap_remove(old >> 12, sp, idx)
+            old = None
+        spte = (gfn << 12) | SPTE_P
+        if not speculative:
+            spte |= SPTE_A
+        ptwrite = False
+        if writable and dirty:
+            if user_fault:
+                # a user-mode fault maps the page writable and unshadows it (mmu_unshadow)
+                if gfn in self.by_gfn:
+                    self._unshadow(gfn)
+                spte |= SPTE_W
+            elif self._need_write_protect(cpu, gfn, write_fault):
+                ptwrite = write_fault
+            else:
+                spte |= SPTE_W
+        sptes[idx] = spte
+        if old is None:
+            self.rmap.setdefault(gfn, set()).add((sp, idx))
+        if self._on_spte_set:
+            self._on_spte_set(cpu, (sp, idx), speculative, ptwrite)
+        return ptwrite
+
+    def _rmap_remove(self, gfn: int, sp: ShadowPage, idx: int) -> None:
+        entries = self.rmap.get(gfn)
+        if entries is not None:
+            entries.discard((sp, idx))
+            if not entries:
+                del self.rmap[gfn]
+
+    # ============================================================================ trapping writes
+    def _write_fault(self, kind: int, cpu: int, vaddr: int, arg: int, value: int, insn: str) -> None:
+        """A write found no writable spte: fault, and decide if it hit a write-protected gfn."""
+        status = self._page_fault(cpu, vaddr, True)
+        if status == _GUEST_FAULT:
+            return
+        if status != _PTWRITE:
+            gpa = self._translate(cpu, vaddr, True)
+            apply_write(self.mem, gpa, kind, arg, value)
+            return
+        w = walk(self.mem, self.mode, self.cr3[cpu], vaddr, True, vaddr < PAGE_OFFSET, False)
+        gpa = (w.gfn << 12) | (vaddr & 0xFFF)
+        gfn = w.gfn
+        pae = self.pae
+        esize = self.mode.entry_size
+        entry_gpa = gpa & ~(esize - 1)
+        old_gpte = self.mem.read_entry(entry_gpa, pae)
+        old_word = self.mem.read32(gpa & ~3)
+        new_word = _written_word(old_word, gpa, kind, arg, value)
+        new_gpte = _gpte_after(old_gpte, entry_gpa, esize, gpa, kind, arg, value, new_word)
+        levels = self.shadow_levels(gfn)
+        fault = WriteFault(cpu, vaddr, gpa, gfn, arg if kind == STORE else 4, insn,
+                           arg if kind != STORE else -1, old_word, new_word, old_gpte, new_gpte,
+                           pae, all(level == 1 for level in levels), self._can_unsync(gfn),
+                           vaddr < PAGE_OFFSET)
+        decision = self.policy.on_write_fault(fault)
+        if decision == Decision.UNSYNC and not fault.can_unsync:
+            decision = Decision.EMULATE
+        c = self.counters
+        if decision == Decision.EMULATE:
+            c.exit_ptwrite_emulate += 1
+            c.insn_emulation += 1
+            self._emulate_write(cpu, gpa, kind, arg, value, insn, extra=False)
+        elif decision == Decision.UNSHADOW:
+            c.exit_ptwrite_unshadow += 1
+            self._unshadow(gfn)
+            self._write_fault(kind, cpu, vaddr, arg, value, insn)  # re-execute: refaults once
+        elif decision == Decision.UNSHADOW_NATIVE:
+            c.exit_ptwrite_unshadow += 1
+            self._unshadow(gfn)
+            self._make_writable_and_write(cpu, vaddr, kind, arg, value, insn)
+        elif decision == Decision.UNSYNC:
+            c.exit_ptwrite_unsync += 1
+            self._unsync(gfn)
+            self._make_writable_and_write(cpu, vaddr, kind, arg, value, insn)
+        else:
+            raise BenchError(f"policy {self.policy.name} returned an unknown decision {decision!r}")
+
+    def _make_writable_and_write(self, cpu: int, vaddr: int, kind: int, arg: int, value: int,
+                                 insn: str) -> None:
+        """Make the spte the write went through writable in this exit, then run it natively."""
+        sp2 = self.roots[cpu][vaddr >> 30]
+        sp1 = None if sp2 is None or sp2.invalid else sp2.children.get((vaddr >> 21) & 0x1FF)
+        idx = (vaddr >> 12) & 0x1FF
+        spte = None if sp1 is None else sp1.sptes.get(idx)
+        if spte is None or self._protected(spte >> 12):
+            # the zap removed the spte itself (a table mapping its own page): fault again
+            self._write_fault(kind, cpu, vaddr, arg, value, insn)
+            return
+        sp1.sptes[idx] = spte | SPTE_W | SPTE_A
+        apply_write(self.mem, ((spte >> 12) << 12) | (vaddr & 0xFFF), kind, arg, value)
+
+    def _emulate_write(self, cpu: int, gpa: int, kind: int, arg: int, value: int, insn: str,
+                       extra: bool) -> None:
+        """emulator_write_phys: write guest memory, then kvm_mmu_pte_write; maybe batch more."""
+        mem = self.mem
+        esize = self.mode.entry_size
+        entry_gpa = gpa & ~(esize - 1)
+        old_gpte = mem.read_entry(entry_gpa, self.pae)
+        apply_write(mem, gpa, kind, arg, value)
+        new_gpte = mem.read_entry(entry_gpa, self.pae)
+        nbytes = arg if kind == STORE else 4
+        start = gpa if kind == STORE else gpa & ~3
+        write = self._mmu_pte_write(cpu, start, nbytes, insn, old_gpte, new_gpte, extra, False)
+        if not extra:
+            n = self.policy.extra_emulation(write)
+            if n > 0:
+                self.batch[cpu] = n
+
+    def _mmu_pte_write(self, cpu: int, gpa: int, nbytes: int, insn: str, old_gpte: int,
+                       new_gpte: int, extra: bool, walker: bool) -> PteWrite:
+        """kvm_mmu_pte_write (K26 mmu.c:1674): count, ask the policy to zap, else update sptes."""
+        gfn = gpa >> 12
+        c = self.counters
+        c.mmu_pte_write += 1
+        offset = gpa & 0xFFF
+        pte_size = self.mode.entry_size
+        write = PteWrite(cpu, gpa, gfn, offset, nbytes, pte_size, insn, old_gpte, new_gpte,
+                         extra, walker)
+        zap = self.policy.on_pte_write(write)
+        sps = self.by_gfn.get(gfn)
+        if not sps:
+            return write
+        update = self.cfg.update_spte_on_write
+        mem = self.mem
+        for sp in list(sps):
+            if sp.key not in self.pages or self.pages[sp.key] is not sp:
+                continue  # zapped earlier in this loop
+            if zap:
+                self._zap_page(sp)
+                c.mmu_flooded += 1
+                continue
+            if self.pae:
+                indexes: tuple[int, ...] = (offset >> 3,)
+            else:
+                gi = offset >> 2
+                if sp.level == 1:
+                    if gi >> 9 != sp.quadrant:
+                        continue
+                    indexes = (gi & 0x1FF,)
+                else:
+                    if gi >> 8 != sp.quadrant:
+                        continue
+                    base = (gi & 0xFF) * 2  # a 4 MiB guest pde is two 2 MiB shadow pdes
+                    indexes = (base, base + 1)
+            entry_gpa = gpa & ~(pte_size - 1)
+            gpte = mem.read_entry(entry_gpa, self.pae)
+            for idx in indexes:
+                if sp.level == 1:
+                    old = sp.sptes.pop(idx, None)
+                    if old is not None:
+                        self._rmap_remove(old >> 12, sp, idx)
+                    if update:
+                        c.mmu_pte_updated += 1
+                        if gpte & 0x21 == 0x21 and nbytes >= 4:
+                            # FNAME(update_pte): a speculative spte from the new gpte
+                            self._set_spte(cpu, sp, idx, (gpte & ADDR_MASK_PAE) >> 12,
+                                           bool(gpte & 0x2), bool(gpte & 0x40), False, False,
+                                           True)
+                else:
+                    child = sp.children.pop(idx, None)
+                    if child is not None:
+                        child.parents.discard((sp, idx))
+                    if update:
+                        c.mmu_pde_zapped += 1
+        return write
+
+    # ============================================================================ extra emulation
+    def _emulate_extra(self, kind: int, cpu: int, addr: int, arg: int, value: int, insn: str) -> bool:
+        """Emulate one more instruction inside the exit (Xen 3.3 multi.c:3533-3560).
+
+        Returns False when the batch ends before this operation (it then runs normally):
+        privileged or multi-instruction operations (invlpg, cr3 loads, compute) and accesses
+        whose guest walk would fault. Emulated accesses set A (and D) as the hardware would.
+        """
+        if kind == MARK:
+            return False
+        if kind == INVLPG or kind == CR3 or kind == COMPUTE:
+            self.batch[cpu] = 0
+            return False
+        write = kind != LOAD
+        user = addr < PAGE_OFFSET
+        w = walk(self.mem, self.mode, self.cr3[cpu], addr, write, user, set_bits=False)
+        if w is None:
+            self.batch[cpu] = 0
+            return False
+        walk(self.mem, self.mode, self.cr3[cpu], addr, write, user)
+        self.batch[cpu] -= 1
+        self.counters.insn_emulation_extra += 1
+        if write:
+            gpa = (w.gfn << 12) | (addr & 0xFFF)
+            if self._protected(w.gfn):
+                self._emulate_write(cpu, gpa, kind, arg, value, insn, extra=True)
+                self.batch[cpu] = 0  # stop right after a page-table write
+            else:
+                apply_write(self.mem, gpa, kind, arg, value)
+        return True
+
+    # ============================================================================ zap / unshadow
+    def _zap_page(self, sp: ShadowPage) -> None:
+        """kvm_mmu_zap_page (K26 mmu.c:899): unlink children and parents, free or invalidate.
+
+        Children are only unlinked: they stay, and keep write-protecting their gfn.
+        """
+        self.counters.mmu_shadow_zapped += 1
+        if sp.level == 1:
+            for idx, spte in sp.sptes.items():
+                self._rmap_remove(spte >> 12, sp, idx)
+            sp.sptes.clear()
+        else:
+            for idx, child in sp.children.items():
+                child.parents.discard((sp, idx))
+            sp.children.clear()
+        for parent, idx in sp.parents:
+            if parent.children.get(idx) is sp:
+                del parent.children[idx]
+        sp.parents.clear()
+        del self.pages[sp.key]
+        if not sp.direct:
+            sps = self.by_gfn[sp.gfn]
+            sps.remove(sp)
+            if not sps:
+                del self.by_gfn[sp.gfn]
+        if sp.unsync:
+            sp.unsync = False
+            self.unsync_pages.discard(sp)
+        if sp.root_count:
+            sp.invalid = True
+        if self._on_zap:
+            self._on_zap(sp.gfn, sp.level)
+
+    def _unshadow(self, gfn: int) -> None:
+        """mmu_unshadow / kvm_mmu_unprotect_page: zap every shadow page of gfn."""
+        for sp in list(self.by_gfn.get(gfn, ())):
+            self._zap_page(sp)
+
+    # ============================================================================ out of sync
+    def _can_unsync(self, gfn: int) -> bool:
+        """kvm_unsync_page's conditions (2.6.28): only leaf pages, shadowed in a single role."""
+        sps = self.by_gfn.get(gfn)
+        if not sps:
+            return False
+        first = sps[0]
+        return all(sp.level == 1 and sp.quadrant == first.quadrant for sp in sps)
+
+    def _unsync(self, gfn: int) -> None:
+        for sp in self.by_gfn.get(gfn, ()):
+            if not sp.unsync:
+                sp.unsync = True
+                self.unsync_pages.add(sp)
+                self.counters.mmu_unsync += 1
+
+    def _sync_page(self, sp: ShadowPage) -> None:
+        """kvm_sync_page: revalidate every spte from its gpte, then write-protect the gfn again."""
+        c = self.counters
+        c.mmu_resync += 1
+        mem = self.mem
+        pae = self.pae
+        base = sp.gfn << 12
+        for idx, spte in list(sp.sptes.items()):
+            c.mmu_resync_gpte += 1
+            gpa = base + (idx << 3 if pae else ((sp.quadrant << 9) + idx) << 2)
+            gpte = mem.read_entry(gpa, pae)
+            if gpte & 0x21 != 0x21 or (gpte & ADDR_MASK_PAE) >> 12 != spte >> 12:
+                del sp.sptes[idx]
+                self._rmap_remove(spte >> 12, sp, idx)
+            elif spte & SPTE_W and not (gpte & 0x2 and gpte & 0x40):
+                sp.sptes[idx] = spte & ~SPTE_W
+        sp.unsync = False
+        self.unsync_pages.discard(sp)
+        self._write_protect(sp.gfn)
+
+    def _sync_reachable(self, cpu: int) -> None:
+        """kvm_mmu_sync_roots: resync the unsync pages linked under this vCPU's roots."""
+        roots = {id(sp) for sp in self.roots[cpu] if sp is not None}
+        for sp in sorted(self.unsync_pages, key=lambda s: s.key):
+            if any(id(parent) in roots for parent, _ in sp.parents):
+                self._sync_page(sp)
+
+    # ============================================================================ invlpg, cr3
+    def _invlpg(self, cpu: int, vaddr: int) -> None:
+        cfg = self.cfg
+        if not cfg.intercept_invlpg:
+            return
+        c = self.counters
+        c.exit_invlpg += 1
+        c.invlpg += 1
+        if cfg.invlpg_drops_spte:
+            sp2 = self.roots[cpu][vaddr >> 30]
+            sp1 = None if sp2 is None else sp2.children.get((vaddr >> 21) & 0x1FF)
+            if sp1 is not None:
+                spte = sp1.sptes.pop((vaddr >> 12) & 0x1FF, None)
+                if spte is not None:
+                    self._rmap_remove(spte >> 12, sp1, (vaddr >> 12) & 0x1FF)
+        hook = self._hooks.get("on_invlpg")
+        if hook:
+            hook(cpu, vaddr)
+
+    def _set_cr3(self, cpu: int, value: int) -> None:
+        """kvm_set_cr3 -> kvm_mmu_new_cr3: free the roots, allocate the new ones (and sync)."""
+        c = self.counters
+        c.exit_cr3 += 1
+        c.tlb_flush += 1
+        self.cr3[cpu] = value
+        self._load_roots(cpu)
+        if self.cfg.sync_on_cr3 and self.unsync_pages:
+            self._sync_reachable(cpu)
+        hook = self._hooks.get("on_cr3")
+        if hook:
+            hook(cpu, value)
+
+    def _load_roots(self, cpu: int) -> None:
+        """mmu_free_roots + mmu_alloc_roots (PAE-format pae_root of four level-2 pages)."""
+        for sp in self.roots[cpu]:
+            if sp is not None:
+                sp.root_count -= 1
+        cr3 = self.cr3[cpu]
+        roots: list[ShadowPage | None] = []
+        for i in range(4):
+            if self.pae:
+                pdpte = self.mem.read_entry((cr3 & 0xFFFFFFE0) + 8 * i, True)
+                sp = self._get_page((pdpte & ADDR_MASK_PAE) >> 12, 2, 0, False) if pdpte & 1 else None
+            else:
+                sp = self._get_page(cr3 >> 12, 2, i, False)
+            if sp is not None:
+                sp.root_count += 1
+            roots.append(sp)
+        self.roots[cpu] = roots
+
+
+def _written_word(old: int, gpa: int, kind: int, arg: int, value: int) -> int:
+    """The aligned word at gpa & ~3 after the write (its first word for an 8-byte store)."""
+    if kind == BTR:
+        return old & ~(1 << arg)
+    if kind == BTS:
+        return old | (1 << arg)
+    shift = 8 * (gpa & 3)
+    width = min(arg, 4 - (gpa & 3))
+    mask = ((1 << (8 * width)) - 1) << shift
+    return (old & ~mask) | ((value << shift) & mask)
+
+
+def _gpte_after(gpte: int, entry_gpa: int, esize: int, gpa: int, kind: int, arg: int, value: int,
+                new_word: int) -> int:
+    """The gpte at entry_gpa after the write (bytes of the write outside the entry ignored)."""
+    if kind != STORE:
+        gpa, arg, value = gpa & ~3, 4, new_word
+    for i in range(arg):
+        offset = gpa + i - entry_gpa
+        if 0 <= offset < esize:
+            shift = 8 * offset
+            gpte = (gpte & ~(0xFF << shift)) | (((value >> (8 * i)) & 0xFF) << shift)
+    return gpte

@@ -1,0 +1,230 @@
+"""The unshadow-policy interface: typed, optional hooks at the shadow MMU's decision points.
+
+A policy sees a decision point and what it needs to decide (gfn, old and new gpte, width,
+instruction class, vCPU) and returns a decision; it never reaches into the MMU's internals, only
+through the small ``MMUView`` it is given. Every hook has a safe default, so a policy overrides
+only what it needs. The executor skips notification hooks a policy does not override.
+
+A policy may change only what a run costs, never what the guest sees: the conformance test runs
+every registered policy against native execution.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from bench.params import Param
+
+if TYPE_CHECKING:
+    pass
+
+
+class Decision(enum.IntEnum):
+    """What to do with a guest write that trapped on a write-protected gfn (domain.md 3.2)."""
+
+    EMULATE = 0
+    """Emulate the instruction: guest memory is updated and kvm_mmu_pte_write runs (the spte is
+    rebuilt from the new gpte, or dropped when P or A is clear). The page stays shadowed unless
+    ``on_pte_write`` asks for a zap (KVM's flood and misaligned rules)."""
+    UNSHADOW = 1
+    """kvm_mmu_unprotect_page_virt (commit a436036baf): zap every shadow page of the gfn and
+    re-execute; the read-only spte the write went through faults once more, which installs a
+    writable spte, and the write then runs natively."""
+    UNSHADOW_NATIVE = 2
+    """Andrea Arcangeli's proposal (seed discussion): zap every shadow page of the gfn, make the
+    spte the write went through writable in the same exit, and return to run it natively."""
+    UNSYNC = 3
+    """Out-of-sync (KVM 2.6.28 commit 4731d4c7a077 / Xen 3.3 OOS): mark the gfn's leaf shadow
+    pages unsync, make the spte writable in the same exit, and run the write natively. Only
+    possible when ``WriteFault.can_unsync``; otherwise the executor emulates."""
+
+
+@dataclass(frozen=True, slots=True)
+class MMUConfig:
+    """Hypervisor mechanism that differs between versions (not a per-write decision).
+
+    ``update_spte_on_write``: rebuild the spte from the new gpte on an emulated write (commit
+    0028425f64, "update shadow pte on write to guest pte"); 2.6.20 only zaps it.
+    ``dirty_bit_pte_write``: the walker's dirty-bit update runs kvm_mmu_pte_write (2.6.21-2.6.30
+    paging_tmpl.h walk_addr; 2.6.20 sets D with a plain store; see docs/kvm-source-notes.md).
+    ``intercept_invlpg``: invlpg exits (KVM 2.6.28 with out-of-sync pages; 2.6.27 VMX did not
+    intercept it). ``invlpg_drops_spte``: the invlpg handler drops the leaf spte (2.6.28).
+    ``sync_on_cr3``: a cr3 load resynchronises the unsync pages reachable from the new root
+    (kvm_mmu_sync_roots, 2.6.28). ``quadrants``: the 2.6.26 quadrant filter for non-PAE guests
+    (2.6.20 has none). ``tdp``: two-dimensional paging (EPT/NPT): no shadow pages at all.
+    ``tlb_entries``: the per-vCPU TLB size modelled under ``tdp``.
+    """
+
+    update_spte_on_write: bool = True
+    dirty_bit_pte_write: bool = True
+    intercept_invlpg: bool = False
+    invlpg_drops_spte: bool = False
+    sync_on_cr3: bool = False
+    quadrants: bool = True
+    tdp: bool = False
+    tlb_entries: int = 64
+
+
+@dataclass(slots=True)
+class WriteFault:
+    """A guest write that hit a write-protected gfn (the fault, before any emulation).
+
+    ``old_word``/``new_word`` are the aligned 4-byte word the instruction modifies, before and
+    after; ``old_gpte``/``new_gpte`` the whole guest pte (8 bytes under PAE) containing it.
+    ``leaf_only`` says every shadow page of the gfn is a leaf (level 1) page; ``can_unsync`` that
+    KVM's kvm_unsync_page would accept it (leaf only, a single role).
+    """
+
+    cpu: int
+    vaddr: int
+    gpa: int
+    gfn: int
+    width: int
+    insn: str
+    bit: int
+    old_word: int
+    new_word: int
+    old_gpte: int
+    new_gpte: int
+    pae: bool
+    user: bool
+    leaf_only: bool
+    can_unsync: bool
+
+    @property
+    def clears_accessed(self) -> bool:
+        """A btr of bit 5 on a present gpte whose accessed bit is set: ptep_test_and_clear_young."""
+        return (self.insn == "btr" and self.bit == 5 and self.old_gpte & 1 == 1
+                and self.old_gpte & 0x20 != 0)
+
+
+@dataclass(slots=True)
+class PteWrite:
+    """One write reaching kvm_mmu_pte_write (an emulated write to a gfn that has shadow pages).
+
+    ``offset`` is the byte offset in the page, ``bytes`` the width written, ``pte_size`` the guest
+    pte size (4 or 8), ``extra`` whether it was emulated in an exit another instruction caused,
+    ``walker`` whether it is the guest walker's dirty-bit update (not an instruction).
+    """
+
+    cpu: int
+    gpa: int
+    gfn: int
+    offset: int
+    bytes: int
+    pte_size: int
+    insn: str
+    old_gpte: int
+    new_gpte: int
+    extra: bool
+    walker: bool
+
+    @property
+    def misaligned(self) -> bool:
+        """KVM's rule (K20 and later): ``(offset ^ (offset + bytes - 1)) & ~(pte_size - 1)``."""
+        return bool((self.offset ^ (self.offset + self.bytes - 1)) & ~(self.pte_size - 1))
+
+
+class MMUView(Protocol):
+    """What a policy may ask of, or ask from, the shadow MMU."""
+
+    def spte_accessed(self, ref: Any) -> bool:
+        """Whether the spte named by ``ref`` (as passed to ``on_spte_set``) is present with its
+        shadow accessed bit set."""
+
+    def mark_spte_accessed(self, ref: Any) -> None:
+        """Set the shadow accessed bit of that spte if it is present (kvm_mmu_access_page)."""
+
+    def gfn_of(self, ref: Any) -> int:
+        """The gfn the spte named by ``ref`` maps."""
+
+    def resync_gfn(self, gfn: int) -> None:
+        """Resynchronise the unsync shadow pages of ``gfn`` now (and write-protect it again)."""
+
+    def shadow_levels(self, gfn: int) -> tuple[int, ...]:
+        """The levels of the (indirect) shadow pages that ``gfn`` currently has."""
+
+
+class Policy:
+    """Base class of every unshadow policy. Subclasses set the class attributes and override hooks.
+
+    ``name`` is the registry name, ``summary`` one line on the rule and its source, ``params``
+    the validated parameters (passed to ``__init__`` as keyword arguments after validation).
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    params: ClassVar[dict[str, Param]] = {}
+    tlb_like: ClassVar[bool] = False
+    """True for policies that, like a TLB, may leave a guest accessed/dirty bit unset where a
+    walk on every access would set it (out-of-sync pages, tdp); the conformance check compares
+    their guest memory with A and D masked in page-table entries (docs/model.md)."""
+
+    def __init__(self, **params: Any) -> None:
+        self.mmu: MMUView | None = None
+        for key, value in params.items():
+            setattr(self, key, value)
+
+    def mmu_config(self, pae: bool) -> MMUConfig:
+        """The hypervisor mechanism this policy runs on."""
+        return MMUConfig()
+
+    def attach(self, mmu: MMUView) -> None:
+        """Called once before the run, with the MMU this policy decides for."""
+        self.mmu = mmu
+
+    # -- decisions -------------------------------------------------------------------------------
+    def on_write_fault(self, fault: WriteFault) -> Decision:
+        """A guest write hit a write-protected gfn: emulate, unshadow or unsync it."""
+        return Decision.EMULATE
+
+    def on_pte_write(self, write: PteWrite) -> bool:
+        """An emulated write reached kvm_mmu_pte_write: True zaps every shadow page of the gfn
+        (KVM's ``misaligned || flooded``) instead of updating the spte."""
+        return False
+
+    def extra_emulation(self, write: PteWrite) -> int:
+        """After an exit that emulated a page-table write: how many following instructions of the
+        same vCPU to emulate in the same exit (Xen's PAE second-half emulation), stopping after
+        the next page-table write."""
+        return 0
+
+    def unsync_on_map(self, cpu: int, gfn: int, write_fault: bool) -> bool:
+        """A writable spte is being installed for a leaf page-table gfn that could go out of sync
+        (KVM 2.6.28 mmu_need_write_protect): True marks it unsync instead of write-protecting."""
+        return False
+
+    # -- notifications ---------------------------------------------------------------------------
+    def on_spte_set(self, cpu: int, ref: Any, speculative: bool, ptwrite: bool) -> None:
+        """mmu_set_spte installed a leaf spte; ``speculative`` when from an emulated write."""
+
+    def on_shadow_walk(self, cpu: int, level: int, gfn: int) -> None:
+        """A shadow page fault's walk passed through the shadow page (gfn, level)."""
+
+    def on_shadow_fault(self, cpu: int, ptwrite: bool) -> None:
+        """A shadow page fault was fixed; ``ptwrite`` when it ends in a write-protection decision."""
+
+    def on_guest_fault(self, cpu: int) -> None:
+        """A page fault was reflected into the guest."""
+
+    def on_invlpg(self, cpu: int, vaddr: int) -> None:
+        """The guest executed invlpg (seen only when intercepted)."""
+
+    def on_cr3(self, cpu: int, cr3: int) -> None:
+        """The guest loaded cr3 (after the MMU switched roots and synced)."""
+
+    def on_zap(self, gfn: int, level: int) -> None:
+        """A shadow page of (gfn, level) was zapped."""
+
+
+NOTIFICATION_HOOKS: tuple[str, ...] = (
+    "on_spte_set", "on_shadow_walk", "on_shadow_fault", "on_guest_fault", "on_invlpg", "on_cr3",
+    "on_zap",
+)
+
+
+def overridden(policy: Policy, hook: str) -> bool:
+    """Whether ``policy`` overrides ``hook`` (so the executor must call it)."""
+    return getattr(type(policy), hook) is not getattr(Policy, hook)

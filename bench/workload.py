@@ -1,0 +1,47 @@
+"""The workload interface: a guest kernel code path turned into a lazy stream of guest operations."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from bench.guest import Guest
+from bench.params import Param
+
+
+@dataclass
+class GuestRun:
+    """What a workload hands the executors: the booted guest, each vCPU's initial cr3, the lazy
+    operation stream, and the sizes it derived (pages, page tables, passes...).
+
+    ``ops`` may read guest memory while it generates (the kernel reads ptes it then decides
+    on): it is consumed one operation at a time, so what it reads is the memory after every
+    operation it has yielded so far. ``sizes`` may grow while ``ops`` runs (passes, for example).
+    """
+
+    guest: Guest
+    cr3s: list[int]
+    ops: Iterator[tuple]
+    sizes: dict[str, int] = field(default_factory=dict)
+
+
+class Workload:
+    """Base class of every workload. Subclasses set the class attributes and implement build().
+
+    ``name`` is the registry name, ``summary`` one line on the kernel code path and its source,
+    ``params`` the validated parameters (set as attributes before build is called).
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    params: ClassVar[dict[str, Param]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        for key, value in params.items():
+            setattr(self, key, value)
+
+    def build(self, rng: random.Random) -> GuestRun:
+        """Boot the guest and return its operation stream; ``rng`` is the only randomness."""
+        raise NotImplementedError

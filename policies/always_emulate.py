@@ -1,0 +1,21 @@
+"""always-emulate: emulate every trapping page-table write and never unshadow.
+
+The pure write-protection mechanism of domain.md 3.2 with no flood detection (KVM 2.6.26's
+kvm_mmu_pte_write with the flood and misaligned checks taken out): every guest write to a
+shadowed page table is one exit and one emulation, the spte is rebuilt from the new gpte.
+"""
+
+from __future__ import annotations
+
+from bench.policy import Decision, Policy, WriteFault
+
+
+class AlwaysEmulate(Policy):
+    name = "always-emulate"
+    summary = "emulate every write to a shadowed page table, never unshadow (K26 mechanism, no flood check)"
+
+    def on_write_fault(self, fault: WriteFault) -> Decision:
+        return Decision.EMULATE
+
+
+POLICY = AlwaysEmulate

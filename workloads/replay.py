@@ -1,0 +1,33 @@
+"""replay: run a saved operation trace (bench.trace format, docs/trace-format.md).
+
+The trace carries the guest's initial memory, paging mode, vCPUs and cr3s, and the operations;
+it can be written by ``bench.trace.write_trace`` or produced by another tool.
+"""
+
+from __future__ import annotations
+
+import random
+
+from bench.errors import BenchError
+from bench.params import Param
+from bench.trace import read_trace
+from bench.workload import GuestRun, Workload
+
+
+class Replay(Workload):
+    name = "replay"
+    summary = "replay a saved operation trace (guest memory, cr3s and operations from the file)"
+    params = {
+        "path": Param(str, "", "the trace file to replay (required)"),
+        "quick": Param(bool, False, "accepted for uniformity; a trace has its own size"),
+    }
+
+    def build(self, rng: random.Random) -> GuestRun:
+        if not self.path:
+            raise BenchError("workload replay needs path=FILE (a shadowbench trace)")
+        guest, cr3s, ops = read_trace(self.path)
+        tables = len(guest.mem.tables)
+        return GuestRun(guest, cr3s, ops, {"page_tables": tables})  # type: ignore[arg-type]
+
+
+WORKLOAD = Replay

@@ -38,13 +38,15 @@ SPTE_W = 0x2
 SPTE_A = 0x20
 
 _FIXED, _PTWRITE, _GUEST_FAULT = 0, 1, 2
+_EMULATE, _UNSHADOW, _UNSHADOW_NATIVE, _UNSYNC = (Decision.EMULATE, Decision.UNSHADOW,
+                                                 Decision.UNSHADOW_NATIVE, Decision.UNSYNC)
 
 
 class ShadowPage:
     """kvm_mmu_page: one 512-entry shadow table for (gfn, level, quadrant, direct)."""
 
     __slots__ = ("gfn", "level", "quadrant", "direct", "sptes", "children", "parents",
-                 "unsync", "root_count", "invalid")
+                 "unsync", "root_count", "invalid", "zapped")
 
     def __init__(self, gfn: int, level: int, quadrant: int, direct: bool) -> None:
         self.gfn = gfn
@@ -57,6 +59,7 @@ class ShadowPage:
         self.unsync = False
         self.root_count = 0
         self.invalid = False
+        self.zapped = False
 
     @property
     def key(self) -> tuple[int, int, int, bool]:
@@ -90,6 +93,9 @@ class ShadowMachine:
         self.batch = [0] * self.cpus
         self.check_every_op = False
         self._unsynced = False
+        self._last_walk = None
+        self._reload = [False] * self.cpus
+        self._policy_unsyncs = overridden(policy, "unsync_on_map")
         self._hooks = {h: getattr(policy, h) for h in NOTIFICATION_HOOKS if overridden(policy, h)}
         self._on_spte_set = self._hooks.get("on_spte_set")
         self._on_shadow_walk = self._hooks.get("on_shadow_walk")
@@ -139,26 +145,43 @@ class ShadowMachine:
 
     def step(self, op: tuple) -> None:
         kind, cpu, addr, arg, value, insn = op
-        count_native(self.counters, kind, arg)
-        if self.batch[cpu]:
-            if self._emulate_extra(kind, cpu, addr, arg, value, insn):
-                return
-        if kind == LOAD:
-            if self._translate(cpu, addr, False) < 0:
-                self._page_fault(cpu, addr, False)
-                self._translate(cpu, addr, False)
-        elif kind == STORE or kind == BTR or kind == BTS:
-            gpa = self._translate(cpu, addr, True)
-            if gpa >= 0:
-                apply_write(self.mem, gpa, kind, arg, value)
+        if self.batch[cpu] and self._emulate_extra(kind, cpu, addr, arg, value, insn):
+            return
+        c = self.counters
+        if kind <= LOAD:  # STORE, BTR, BTS, LOAD: the hardware walk of the shadow tables, inlined
+            write = kind != LOAD
+            if kind == LOAD:
+                c.native_load += 1
+            elif kind == STORE:
+                c.native_store += 1
             else:
+                c.native_locked_rmw += 1
+            sp2 = self.roots[cpu][addr >> 30]
+            if sp2 is not None:
+                sp1 = sp2.children.get((addr >> 21) & 0x1FF)
+                if sp1 is not None:
+                    sptes = sp1.sptes
+                    idx = (addr >> 12) & 0x1FF
+                    spte = sptes.get(idx)
+                    if spte is not None and (not write or spte & SPTE_W):
+                        if not spte & SPTE_A:
+                            sptes[idx] = spte | SPTE_A
+                        if write:
+                            apply_write(self.mem, ((spte >> 12) << 12) | (addr & 0xFFF), kind,
+                                        arg, value)
+                        return
+            if write:
                 self._write_fault(kind, cpu, addr, arg, value, insn)
-        elif kind == INVLPG:
+            elif self._page_fault(cpu, addr, False) != _GUEST_FAULT:
+                self._translate(cpu, addr, False)
+            return
+        count_native(c, kind, arg)
+        if kind == INVLPG:
             self._invlpg(cpu, addr)
         elif kind == CR3:
             self._set_cr3(cpu, addr)
         elif kind == MARK:
-            self.marks.append((arg, self.counters.as_dict()))
+            self.marks.append((arg, c.as_dict()))
 
     # ============================================================================ translation
     def _translate(self, cpu: int, vaddr: int, write: bool) -> int:
@@ -168,7 +191,7 @@ class ShadowMachine:
         through a read-only spte faults without setting it (commit 1b7fcd3263's premise).
         """
         sp2 = self.roots[cpu][vaddr >> 30]
-        if sp2 is None or sp2.invalid:
+        if sp2 is None:
             return -1
         sp1 = sp2.children.get((vaddr >> 21) & 0x1FF)
         if sp1 is None:
@@ -185,10 +208,11 @@ class ShadowMachine:
     def _page_fault(self, cpu: int, vaddr: int, write: bool) -> int:
         """FNAME(page_fault) (K26 paging_tmpl.h): walk the guest, fetch, count. Returns status."""
         c = self.counters
-        if any(sp is not None and sp.invalid for sp in self.roots[cpu]):
+        if self._reload[cpu]:
             self._load_roots(cpu)  # kvm_mmu_reload after kvm_reload_remote_mmus
         user = vaddr < PAGE_OFFSET
         w = walk(self.mem, self.mode, self.cr3[cpu], vaddr, write, user)
+        self._last_walk = w
         if w is None:
             c.exit_guest_fault += 1
             c.pf_guest += 1
@@ -283,9 +307,13 @@ class ShadowMachine:
         sps = self.by_gfn.get(gfn)
         if not sps:
             return False
-        if all(sp.unsync for sp in sps):
+        for sp in sps:
+            if not sp.unsync:
+                break
+        else:
             return False
-        if self._can_unsync(gfn) and self.policy.unsync_on_map(cpu, gfn, write_fault):
+        if self._policy_unsyncs and self._can_unsync(gfn) \
+                and self.policy.unsync_on_map(cpu, gfn, write_fault):
             self._unsync(gfn)
             self._unsynced = True
             return False
@@ -337,7 +365,7 @@ class ShadowMachine:
             gpa = self._translate(cpu, vaddr, True)
             apply_write(self.mem, gpa, kind, arg, value)
             return
-        w = walk(self.mem, self.mode, self.cr3[cpu], vaddr, True, vaddr < PAGE_OFFSET, False)
+        w = self._last_walk
         gpa = (w.gfn << 12) | (vaddr & 0xFFF)
         gfn = w.gfn
         pae = self.pae
@@ -347,28 +375,36 @@ class ShadowMachine:
         old_word = self.mem.read32(gpa & ~3)
         new_word = _written_word(old_word, gpa, kind, arg, value)
         new_gpte = _gpte_after(old_gpte, entry_gpa, esize, gpa, kind, arg, value, new_word)
-        levels = self.shadow_levels(gfn)
-        fault = WriteFault(cpu, vaddr, gpa, gfn, arg if kind == STORE else 4, insn,
-                           arg if kind != STORE else -1, old_word, new_word, old_gpte, new_gpte,
-                           pae, all(level == 1 for level in levels), self._can_unsync(gfn),
-                           vaddr < PAGE_OFFSET)
+        sps = self.by_gfn[gfn]
+        leaf_only = True
+        for sp in sps:
+            if sp.level != 1:
+                leaf_only = False
+                break
+        fault = WriteFault(cpu=cpu, vaddr=vaddr, gpa=gpa, gfn=gfn,
+                           width=arg if kind == STORE else 4, insn=insn,
+                           bit=arg if kind != STORE else -1, old_word=old_word, new_word=new_word,
+                           old_gpte=old_gpte, new_gpte=new_gpte, pae=pae,
+                           user=vaddr < PAGE_OFFSET, leaf_only=leaf_only,
+                           can_unsync=leaf_only and self._can_unsync(gfn))
         decision = self.policy.on_write_fault(fault)
-        if decision == Decision.UNSYNC and not fault.can_unsync:
-            decision = Decision.EMULATE
+        if decision == _UNSYNC and not fault.can_unsync:
+            decision = _EMULATE
         c = self.counters
-        if decision == Decision.EMULATE:
+        if decision == _EMULATE:
             c.exit_ptwrite_emulate += 1
             c.insn_emulation += 1
-            self._emulate_write(cpu, gpa, kind, arg, value, insn, extra=False)
-        elif decision == Decision.UNSHADOW:
+            apply_write(self.mem, gpa, kind, arg, value)
+            self._after_emulated_write(cpu, gpa, kind, arg, insn, old_gpte, new_gpte, False)
+        elif decision == _UNSHADOW:
             c.exit_ptwrite_unshadow += 1
             self._unshadow(gfn)
             self._write_fault(kind, cpu, vaddr, arg, value, insn)  # re-execute: refaults once
-        elif decision == Decision.UNSHADOW_NATIVE:
+        elif decision == _UNSHADOW_NATIVE:
             c.exit_ptwrite_unshadow += 1
             self._unshadow(gfn)
             self._make_writable_and_write(cpu, vaddr, kind, arg, value, insn)
-        elif decision == Decision.UNSYNC:
+        elif decision == _UNSYNC:
             c.exit_ptwrite_unsync += 1
             self._unsync(gfn)
             self._make_writable_and_write(cpu, vaddr, kind, arg, value, insn)
@@ -379,7 +415,7 @@ class ShadowMachine:
                                  insn: str) -> None:
         """Make the spte the write went through writable in this exit, then run it natively."""
         sp2 = self.roots[cpu][vaddr >> 30]
-        sp1 = None if sp2 is None or sp2.invalid else sp2.children.get((vaddr >> 21) & 0x1FF)
+        sp1 = None if sp2 is None else sp2.children.get((vaddr >> 21) & 0x1FF)
         idx = (vaddr >> 12) & 0x1FF
         spte = None if sp1 is None else sp1.sptes.get(idx)
         if spte is None or self._protected(spte >> 12):
@@ -393,14 +429,19 @@ class ShadowMachine:
                        extra: bool) -> None:
         """emulator_write_phys: write guest memory, then kvm_mmu_pte_write; maybe batch more."""
         mem = self.mem
-        esize = self.mode.entry_size
-        entry_gpa = gpa & ~(esize - 1)
+        entry_gpa = gpa & ~(self.mode.entry_size - 1)
         old_gpte = mem.read_entry(entry_gpa, self.pae)
         apply_write(mem, gpa, kind, arg, value)
         new_gpte = mem.read_entry(entry_gpa, self.pae)
-        nbytes = arg if kind == STORE else 4
-        start = gpa if kind == STORE else gpa & ~3
-        write = self._mmu_pte_write(cpu, start, nbytes, insn, old_gpte, new_gpte, extra, False)
+        self._after_emulated_write(cpu, gpa, kind, arg, insn, old_gpte, new_gpte, extra)
+
+    def _after_emulated_write(self, cpu: int, gpa: int, kind: int, arg: int, insn: str,
+                              old_gpte: int, new_gpte: int, extra: bool) -> None:
+        """The emulated write is in guest memory: kvm_mmu_pte_write, then maybe batch more."""
+        if kind == STORE:
+            write = self._mmu_pte_write(cpu, gpa, arg, insn, old_gpte, new_gpte, extra, False)
+        else:
+            write = self._mmu_pte_write(cpu, gpa & ~3, 4, insn, old_gpte, new_gpte, extra, False)
         if not extra:
             n = self.policy.extra_emulation(write)
             if n > 0:
@@ -421,9 +462,8 @@ class ShadowMachine:
         if not sps:
             return write
         update = self.cfg.update_spte_on_write
-        mem = self.mem
         for sp in list(sps):
-            if sp.key not in self.pages or self.pages[sp.key] is not sp:
+            if sp.zapped:
                 continue  # zapped earlier in this loop
             if zap:
                 self._zap_page(sp)
@@ -442,8 +482,7 @@ class ShadowMachine:
                         continue
                     base = (gi & 0xFF) * 2  # a 4 MiB guest pde is two 2 MiB shadow pdes
                     indexes = (base, base + 1)
-            entry_gpa = gpa & ~(pte_size - 1)
-            gpte = mem.read_entry(entry_gpa, self.pae)
+            gpte = new_gpte  # the whole gpte after the write (KVM re-reads it for a partial write)
             for idx in indexes:
                 if sp.level == 1:
                     old = sp.sptes.pop(idx, None)
@@ -524,7 +563,16 @@ class ShadowMachine:
             sp.unsync = False
             self.unsync_pages.discard(sp)
         if sp.root_count:
+            # an in-use root is invalidated and every vCPU reloads its roots before the next
+            # entry (kvm_reload_remote_mmus); here the vCPUs using it reload at their next fault
             sp.invalid = True
+            for cpu, roots in enumerate(self.roots):
+                for i, root in enumerate(roots):
+                    if root is sp:
+                        roots[i] = None
+                        self._reload[cpu] = True
+                        sp.root_count -= 1
+        sp.zapped = True
         if self._on_zap:
             self._on_zap(sp.gfn, sp.level)
 
@@ -625,6 +673,7 @@ class ShadowMachine:
                 sp.root_count += 1
             roots.append(sp)
         self.roots[cpu] = roots
+        self._reload[cpu] = False
 
 
 def _written_word(old: int, gpa: int, kind: int, arg: int, value: int) -> int:
@@ -644,9 +693,13 @@ def _gpte_after(gpte: int, entry_gpa: int, esize: int, gpa: int, kind: int, arg:
     """The gpte at entry_gpa after the write (bytes of the write outside the entry ignored)."""
     if kind != STORE:
         gpa, arg, value = gpa & ~3, 4, new_word
-    for i in range(arg):
-        offset = gpa + i - entry_gpa
-        if 0 <= offset < esize:
-            shift = 8 * offset
-            gpte = (gpte & ~(0xFF << shift)) | (((value >> (8 * i)) & 0xFF) << shift)
-    return gpte
+    start = gpa - entry_gpa
+    if start < 0:  # the write begins before the entry: drop its leading bytes
+        value >>= -8 * start
+        arg += start
+        start = 0
+    width = min(arg, esize - start)
+    if width <= 0:
+        return gpte
+    mask = ((1 << (8 * width)) - 1) << (8 * start)
+    return (gpte & ~mask) | ((value << (8 * start)) & mask)

@@ -1,0 +1,92 @@
+"""per-page-flood: the per-shadow-page write_flooding_count of Linux 3.x (the discussion's
+"per-page pte history").
+
+Source: Linux 3.6 arch/x86/kvm/mmu.c (New-B/Linux3.6 @ b5154d3e, kvm-source-notes.md Q9; domain.md
+3.3, K36 mmu.c:3763-3800):
+
+- ``detect_write_flooding(sp)``: ``if (sp->role.level == PT_PAGE_TABLE_LEVEL) return false;
+  return ++sp->write_flooding_count >= 3;`` per shadow page;
+- the count is cleared in ``FNAME(fetch)`` for every shadow page the faulting walk passes
+  through, and in ``kvm_mmu_get_page`` on a hash hit; a new shadow page starts at 0;
+- ``detect_write_misaligned``: an aligned 1-byte write is exempt ("linux ... andb instruction is
+  used in clear_bit()"), otherwise KVM's misaligned formula ``| bytes < 4``; it is evaluated
+  first and short-circuits, so a misaligned write does not increment the count.
+
+Leaf pages: 3.x excludes them because they go out of sync instead (2.6.28 commit 4731d4c7a077).
+This policy runs on the 2.6.26 mechanism, where nothing else ever relieves a leaf table, and the
+discussion's per-page pte history is precisely about leaf tables (the user ptes kscand clears),
+so ``include_leaf`` (default true) counts them too; ``include_leaf=false`` is the literal 3.x rule.
+
+Modelling choices (each a limit of the policy interface, see docs/policies.md):
+- the mechanism is K26's (MMUConfig()), so the only difference from flood-count 2.6.26 is the
+  detector. The walker's dirty-bit update, which 3.x never passes to kvm_mmu_pte_write (>=2.6.31
+  sets D with cmpxchg_gpte only), is not counted;
+- counts are kept per (gfn, level): the hooks do not name the quadrant, so the two level-1 (or
+  four level-2) shadow pages of one non-PAE table share a count, and a direct (large-page) shadow
+  page walked at (gfn, 1) clears the count of a leaf table at the same gfn;
+- ``on_pte_write`` zaps every shadow page of the gfn, where 3.x zaps only the flooded one;
+- the hash-hit clear is seen only through the fault walk (on_shadow_walk); a hit at a cr3 load
+  (mmu_alloc_roots) does not clear the root's count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.params import Param
+from bench.policy import Decision, MMUConfig, Policy, PteWrite, WriteFault
+
+
+class PerPageFlood(Policy):
+    """3.x per-shadow-page flood counter (K36 mmu.c detect_write_flooding / detect_write_misaligned,
+    cleared by FNAME(fetch) on every shadow page of the fault path), on the 2.6.26 mechanism;
+    ``include_leaf`` decides whether leaf tables are counted (3.x: no, they go unsync)."""
+
+    name = "per-page-flood"
+    summary = ("3.x per-shadow-page write_flooding_count, cleared when a fault walks through the "
+               "page; zap at `threshold` (K36 mmu.c detect_write_flooding)")
+    params = {
+        "threshold": Param(int, 3, "emulated writes to one shadow page between two fault walks "
+                           "through it that count as a flood (K36: 3)", minimum=1),
+        "include_leaf": Param(bool, True, "count leaf (level-1) tables too; 3.x does not, "
+                              "because they go out of sync there"),
+    }
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._counts: dict[tuple[int, int], int] = {}
+
+    def mmu_config(self, pae: bool) -> MMUConfig:
+        return MMUConfig()
+
+    def on_write_fault(self, fault: WriteFault) -> Decision:
+        return Decision.EMULATE
+
+    def on_pte_write(self, write: PteWrite) -> bool:
+        if write.walker:
+            return False  # 3.x walk_addr sets D without kvm_mmu_pte_write
+        if not (write.bytes == 1 and write.offset % write.pte_size == 0):
+            if write.misaligned or write.bytes < 4:
+                return True  # detect_write_misaligned short-circuits the flood count
+        gfn = write.gfn
+        flooded = False
+        counts = self._counts
+        for level in set(self.mmu.shadow_levels(gfn)):
+            if level == 1 and not self.include_leaf:
+                continue
+            key = (gfn, level)
+            count = counts.get(key, 0) + 1
+            counts[key] = count
+            if count >= self.threshold:
+                flooded = True
+        return flooded
+
+    def on_shadow_walk(self, cpu: int, level: int, gfn: int) -> None:
+        if self._counts:
+            self._counts.pop((gfn, level), None)  # clear_sp_write_flooding_count
+
+    def on_zap(self, gfn: int, level: int) -> None:
+        self._counts.pop((gfn, level), None)  # the next shadow page of (gfn, level) starts at 0
+
+
+POLICY = PerPageFlood

@@ -120,3 +120,23 @@ def test_spte_dropped_when_accessed_cleared():
     delta = _delta(shadow, [O.load(0, USER_VA)], native)
     assert delta["exit_hidden_fault"] == 1
     assert shadow.mem.read_entry(s.pte_gpa, False) & 0x20
+
+
+def test_unshadowing_an_in_use_root_falls_back_to_emulation():
+    s = kmap_scenario(False)
+    shadow, native = _machines(s, "always-unshadow")
+    g = s.guest
+    pd_gfn = s.proc.cr3 >> 12
+    pde_kvaddr = g.kvaddr((pd_gfn << 12) + (0x20000000 >> 22) * 4)
+    # a kernel store to the process's own page directory (its four quadrants are the vCPU's
+    # roots). The first fault links the direct page for the 2 MiB of lowmem holding the
+    # directory (mmu_cache_miss 1) and traps; unshadow zaps the 4 root pages (mmu_shadow_zapped
+    # 4); the re-executed store reloads the roots (4 more mmu_cache_miss, the directory
+    # write-protected again; the direct page survives the zap and is relinked) and traps on the
+    # same gfn, so it is emulated (retry_instruction's loop breaker) instead of looping. The
+    # emulated write of one non-PAE pde rebuilds two shadow pdes (mmu_pde_zapped 2).
+    delta = _delta(shadow, [O.store(0, pde_kvaddr, 4, 0)], native)
+    assert delta == {"exits": 2, "pf_fixed": 2, "exit_ptwrite_unshadow": 1,
+                     "exit_ptwrite_emulate": 1, "insn_emulation": 1, "mmu_pte_write": 1,
+                     "mmu_pde_zapped": 2, "mmu_shadow_zapped": 4, "mmu_cache_miss": 5,
+                     "native_store": 1}

@@ -356,8 +356,16 @@ class ShadowMachine:
                 del self.rmap[gfn]
 
     # ============================================================================ trapping writes
-    def _write_fault(self, kind: int, cpu: int, vaddr: int, arg: int, value: int, insn: str) -> None:
-        """A write found no writable spte: fault, and decide if it hit a write-protected gfn."""
+    def _write_fault(self, kind: int, cpu: int, vaddr: int, arg: int, value: int, insn: str,
+                     retry: bool = False) -> None:
+        """A write found no writable spte: fault, and decide if it hit a write-protected gfn.
+
+        ``retry`` marks the re-execution after an unshadow. If that write traps on a protected
+        gfn again (the zapped page was an in-use root, and reloading the root shadowed it again)
+        it is emulated instead of unshadowed once more: the loop breaker of KVM's
+        retry_instruction (last_retry_eip / last_retry_addr, K36 x86.c), without which the
+        guest would never make progress.
+        """
         status = self._page_fault(cpu, vaddr, True)
         if status == _GUEST_FAULT:
             return
@@ -388,7 +396,8 @@ class ShadowMachine:
                            user=vaddr < PAGE_OFFSET, leaf_only=leaf_only,
                            can_unsync=leaf_only and self._can_unsync(gfn))
         decision = self.policy.on_write_fault(fault)
-        if decision == _UNSYNC and not fault.can_unsync:
+        if (decision == _UNSYNC and not fault.can_unsync) or \
+                (retry and (decision == _UNSHADOW or decision == _UNSHADOW_NATIVE)):
             decision = _EMULATE
         c = self.counters
         if decision == _EMULATE:
@@ -399,7 +408,7 @@ class ShadowMachine:
         elif decision == _UNSHADOW:
             c.exit_ptwrite_unshadow += 1
             self._unshadow(gfn)
-            self._write_fault(kind, cpu, vaddr, arg, value, insn)  # re-execute: refaults once
+            self._write_fault(kind, cpu, vaddr, arg, value, insn, True)  # re-execute: refaults
         elif decision == _UNSHADOW_NATIVE:
             c.exit_ptwrite_unshadow += 1
             self._unshadow(gfn)
@@ -419,8 +428,9 @@ class ShadowMachine:
         idx = (vaddr >> 12) & 0x1FF
         spte = None if sp1 is None else sp1.sptes.get(idx)
         if spte is None or self._protected(spte >> 12):
-            # the zap removed the spte itself (a table mapping its own page): fault again
-            self._write_fault(kind, cpu, vaddr, arg, value, insn)
+            # the zap removed the spte itself (a table mapping its own page), or a root reload
+            # protected the gfn again: fault again
+            self._write_fault(kind, cpu, vaddr, arg, value, insn, True)
             return
         sp1.sptes[idx] = spte | SPTE_W | SPTE_A
         apply_write(self.mem, ((spte >> 12) << 12) | (vaddr & 0xFFF), kind, arg, value)

@@ -1,0 +1,50 @@
+"""Parameters and the base class shared by the guest-kernel workloads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.errors import BenchError
+from bench.guest import MAX_CPUS
+from bench.params import Param, resolve
+from bench.workload import Workload
+from workloads._kmap import KERNELS
+
+HZ = 100
+"""Guest timer frequency: RHEL3 i386 HZ=100 (MIN_AGING_INTERVAL = HZ/2 = 50 jiffies is 0.5 s,
+domain.md 2.3)."""
+
+KERNEL_PARAMS: dict[str, Param] = {
+    "kernel": Param(str, "rhel3", "kmap_atomic/kunmap_atomic and pte_clear variant (domain.md 2.2)",
+                    choices=KERNELS),
+    "debug_highmem": Param(bool, False, "CONFIG_DEBUG_HIGHMEM for kernel 2.6.12 (kunmap clears "
+                           "the fixmap pte); use kernel rhel3-debug for RHEL3"),
+    "pae": Param(bool, True, "PAE paging (8-byte ptes written as two 4-byte stores)"),
+}
+
+COMMON_PARAMS: dict[str, Param] = {
+    "quick": Param(bool, False, "shrink the guest to a small size (tests, --quick runs)"),
+    "cpus": Param(int, 1, "guest vCPUs (each has its own kmap slots)", minimum=1,
+                  maximum=MAX_CPUS),
+}
+
+
+def whole_pages(mib: float) -> str | None:
+    """Param check: a size in MiB that is a positive whole number of 4-KiB pages."""
+    pages = mib * 256
+    if pages <= 0:
+        return "must be more than 0"
+    if pages != int(pages):
+        return "must be a whole number of 4-KiB pages (a multiple of 1/256 MiB)"
+    return None
+
+
+class GuestWorkload(Workload):
+    """A workload with validated parameters: the constructor fills defaults and validates, so
+    ``Workload(**some_params)`` and ``bench.registry.make_workload`` agree."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**resolve(f"workload {self.name}", self.params, params))
+        if getattr(self, "debug_highmem", False) and self.kernel != "2.6.12":
+            raise BenchError(f"workload {self.name} parameter debug_highmem=True applies only to "
+                             f"kernel 2.6.12, not {self.kernel!r} (use kernel rhel3-debug for RHEL3)")

@@ -19,13 +19,16 @@ operation tuples (bench.ops layout), so a workload emits them with ``yield from`
   2.6.12        set_pte + invlpg                                       pte_clear + invlpg only with
                                                                        debug_highmem
   2.6.20        set_pte (no flush)                                     pte_clear + invlpg (always)
-  2.6-proposed  skip if the slot already holds this pte, else set+invlpg  nothing
+  2.6-proposed  set_pte; invlpg only if the value changed              nothing
   ============  =====================================================  ============================
 
   (R3 include/asm-i386/atomic_kmap.h __kmap_atomic / __kunmap_atomic and highmem.h; 2.6.12
   torvalds/linux@1da177e4 arch/i386/mm/highmem.c; 2.6.20 f0eef253 arch/i386/mm/highmem.c with
-  kpte_clear_flush; the proposal is the seed discussion's "never clearing the fixmap pte and ...
-  doing invlpg only after setting it to a new value", read as RHEL3's same-value shortcut.)
+  kpte_clear_flush; the proposal is the seed discussion's "making 2.6 at least as optimal as 2.4
+  by never clearing the fixmap pte and by doing invlpg only after setting it to a new value":
+  2.6's kmap_atomic keeps its unconditional set_pte, the flush moves from kunmap to kmap and is
+  skipped when the pte did not change, and kunmap writes nothing. Unlike RHEL3's shortcut the
+  write of an unchanged pte still happens, so it still traps.)
   A lowmem page is returned through the direct mapping and nothing is written (highmem.h
   kmap_atomic ``page < highmem_start_page``; kunmap returns early for addresses below the
   fixmap). The fixmap pte value is ``mk_pte(page, kmap_prot)`` with kmap_prot = P|RW|A|D|G
@@ -55,7 +58,8 @@ class Kernel:
         self.esize = guest.mode.entry_size
         self.entries = guest.mode.entries
         self.lowmem_pages = guest.lowmem_pages
-        self.skip_same = kernel in ("rhel3", "2.6-proposed")
+        self.skip_same = kernel == "rhel3"
+        self.flush_if_changed = kernel == "2.6-proposed"
         self.map_flush = kernel != "2.6.20"
         self.unmap_clear = kernel in ("rhel3-debug", "2.6.20") or (kernel == "2.6.12"
                                                                   and debug_highmem)
@@ -110,10 +114,14 @@ class Kernel:
             return (), self.guest.kvaddr(gfn << 12)
         vaddr, pte_kva, pte_gpa, flush, _ = self._slot(cpu, km_type)
         value = (gfn << 12) | KMAP_PROT
-        if self.skip_same and self.mem.read_entry(pte_gpa, self.pae) == value:
-            return (), vaddr
+        if self.skip_same or self.flush_if_changed:
+            same = self.mem.read_entry(pte_gpa, self.pae) == value
+            if same and self.skip_same:
+                return (), vaddr
+        else:
+            same = False
         ops = self.set_pte(cpu, pte_kva, value)
-        return (ops + flush if self.map_flush else ops), vaddr
+        return (ops + flush if self.map_flush and not same else ops), vaddr
 
     def kmap_fn(self, cpu: int, km_type: int):
         """A fast ``gfn -> (operations, vaddr)`` for one slot, the same as kmap(cpu, km_type, gfn),
@@ -125,15 +133,17 @@ class Kernel:
         lowmem, pae, read_entry = self.lowmem_pages, self.pae, self.mem.read_entry
         skip_same, map_flush, set_pte, kvaddr = (self.skip_same, self.map_flush, self.set_pte,
                                                  self.guest.kvaddr)
+        check_same = skip_same or self.flush_if_changed
 
         def kmap(gfn: int) -> tuple[tuple, int]:
             if gfn < lowmem:
                 return (), kvaddr(gfn << 12)
             value = (gfn << 12) | KMAP_PROT
-            if skip_same and read_entry(pte_gpa, pae) == value:
+            same = check_same and read_entry(pte_gpa, pae) == value
+            if same and skip_same:
                 return (), vaddr
             ops = set_pte(cpu, pte_kva, value)
-            return (ops + flush if map_flush else ops), vaddr
+            return (ops + flush if map_flush and not same else ops), vaddr
 
         self._fns[(cpu, km_type)] = (kmap, clear)
         return kmap, clear

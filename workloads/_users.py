@@ -67,7 +67,7 @@ def read_lackey(path: str) -> tuple[array, bytearray]:
                 except ValueError:
                     ok = False
                 else:
-                    ok = addr >= 0 and size > 0
+                    ok = 0 <= addr < 1 << 64 and size > 0  # valgrind prints 64-bit addresses
             if not ok:
                 raise BenchError(f"{path}:{lineno}: malformed lackey line {text[:60]!r} (expected "
                                  "'I  ADDR,SIZE', ' L|S|M ADDR,SIZE' or '==PID== ...')")

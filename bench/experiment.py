@@ -1,0 +1,363 @@
+"""What to run: policies x workloads x seeds under one cost profile, validated before any work.
+
+An experiment comes from the command line (``-p``, ``-w``, ``--set``, ``--quick``, ``--grid``),
+from a TOML experiment file, or from a results file (``--from``). Every name and parameter is
+checked here through bench.registry, so a bad one fails before a folder is created. The
+experiment then lists its cells: one per (policy, workload entry, seed), each keyed by a hash of
+everything that determines its counters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+import bench
+import bench.registry as registry
+from bench import costs
+from bench.errors import BenchError, unknown_name
+from bench.params import parse_assignment, parse_spec
+
+DEFAULT_SEEDS = 3
+KMAP_KERNELS = ("rhel3", "rhel3-debug", "2.6.20")
+DEFAULT_WORKLOADS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("kscand", {}),
+    ("linear-scan", {}),
+    *(("kmap", {"pae": pae, "kernel": kernel}) for pae in (False, True) for kernel in KMAP_KERNELS),
+)
+"""The default comparison (issue 5): kscand, linear-scan, and kmap with and without PAE under
+the three kmap variants that differ most."""
+
+PROFILE_PARAM = "cost_profile"
+"""A policy parameter that, when the user does not set it, takes the run's cost profile."""
+
+
+@dataclass
+class Entry:
+    """One policy or workload with its full, validated parameters and a display label."""
+
+    name: str
+    params: dict[str, Any]
+    label: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "params": self.params, "label": self.label}
+
+
+@dataclass
+class Cell:
+    """One simulation: a policy on a workload entry with one seed (policy None: the oracle's
+    record of the workload entry and seed, shared by every policy)."""
+
+    policy: Entry | None
+    workload: Entry
+    seed: int
+
+    def key(self) -> dict[str, Any]:
+        """Everything that determines the cell's result."""
+        out: dict[str, Any] = {"version": bench.__version__}
+        if self.policy is None:
+            out["kind"] = "oracle"
+        else:
+            out.update(kind="cell", policy=self.policy.name, policy_params=self.policy.params)
+        out.update(workload=self.workload.name, workload_params=self.workload.params,
+                   seed=self.seed)
+        return out
+
+    def digest(self) -> str:
+        text = json.dumps(self.key(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass
+class Experiment:
+    """A validated configuration. ``grid`` names the swept parameters ("policy.K"/"workload.K")."""
+
+    policies: list[Entry]
+    workloads: list[Entry]
+    seeds: list[int]
+    cost_profile: str
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+
+    def cells(self) -> list[Cell]:
+        """Every policy cell, in the order records are stored (workload, policy, seed)."""
+        return [Cell(p, w, s) for w in self.workloads for p in self.policies for s in self.seeds]
+
+    def oracle_cells(self) -> list[Cell]:
+        return [Cell(None, w, s) for w in self.workloads for s in self.seeds]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "policies": [p.as_dict() for p in self.policies],
+            "workloads": [w.as_dict() for w in self.workloads],
+            "seeds": list(self.seeds),
+            "cost_profile": self.cost_profile,
+            "grid": self.grid,
+        }
+
+
+# -- labels ------------------------------------------------------------------------------------
+def _fmt(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def label(name: str, params: dict[str, Any], shown: set[str]) -> str:
+    """``name[k=v,...]`` with the ``shown`` keys, sorted."""
+    keys = sorted(k for k in params if k in shown)
+    return name + ("[" + ",".join(f"{k}={_fmt(params[k])}" for k in keys) + "]" if keys else "")
+
+
+def _label_entries(entries: list[Entry], schema_of, hidden: set[str], run_profile: str) -> None:
+    """Label each entry by its non-default parameters plus those that vary between entries of
+    the same name; ``hidden`` keys are left out unless they vary; a policy's cost_profile equal
+    to the run's is left out."""
+    by_name: dict[str, list[Entry]] = {}
+    for e in entries:
+        by_name.setdefault(e.name, []).append(e)
+    for name, group in by_name.items():
+        schema = schema_of(name)
+        varying = {k for k in schema if len({json.dumps(e.params.get(k)) for e in group}) > 1}
+        for e in group:
+            shown = set(varying)
+            for k, p in schema.items():
+                if k in hidden or k in varying:
+                    continue
+                if k == PROFILE_PARAM and e.params.get(k) == run_profile:
+                    continue
+                if e.params.get(k) != p.default:
+                    shown.add(k)
+            e.label = label(name, e.params, shown)
+        seen: dict[str, Entry] = {}
+        for e in group:
+            if e.label in seen:  # same label for different params: show everything
+                for x in group:
+                    x.label = label(name, x.params, set(x.params))
+                break
+            seen[e.label] = e
+
+
+# -- building ----------------------------------------------------------------------------------
+def _policy_entry(name: str, given: dict[str, Any], cost_profile: str) -> Entry:
+    cls = registry.policy_class(name)
+    given = dict(given)
+    if PROFILE_PARAM in cls.params and PROFILE_PARAM not in given:
+        given[PROFILE_PARAM] = cost_profile
+    return Entry(name, registry.policy_params(name, given))
+
+
+def _grid_target(key: str, policy_names: list[str], workload_names: list[str]) -> tuple[str, str]:
+    """'threshold' or 'policy.threshold' -> ('policy', 'threshold')."""
+    scope, dot, bare = key.partition(".")
+    if dot and scope in ("policy", "workload"):
+        names = policy_names if scope == "policy" else workload_names
+        cls_of = registry.policy_class if scope == "policy" else registry.workload_class
+        known = {k for n in names for k in cls_of(n).params}
+        if bare not in known:
+            raise unknown_name(f"{scope} parameter for --grid", bare, known)
+        return scope, bare
+    in_policy = {k for n in policy_names for k in registry.policy_class(n).params}
+    in_workload = {k for n in workload_names for k in registry.workload_class(n).params}
+    if key in in_policy and key in in_workload:
+        raise BenchError(f"--grid {key} is both a policy and a workload parameter; "
+                         f"write policy.{key} or workload.{key}")
+    if key in in_policy:
+        return "policy", key
+    if key in in_workload:
+        return "workload", key
+    raise unknown_name("parameter for --grid (of the selected policies or workloads)", key,
+                       in_policy | in_workload)
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    """``KEY=V1,V2,...`` items -> {KEY: [V1, V2, ...]}."""
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        key, value = parse_assignment(item)
+        values = [v.strip() for v in value.split(",")]
+        if not all(values):
+            raise BenchError(f"malformed --grid {item!r} (expected KEY=V1,V2,...)")
+        if key in grid:
+            raise BenchError(f"--grid {key} given twice")
+        grid[key] = values
+    return grid
+
+
+def build(policy_specs: list[str] | None = None, workload_specs: list[str] | None = None,
+          sets: list[str] | None = None, quick: bool = False, seeds: int = DEFAULT_SEEDS,
+          cost_profile: str = costs.DEFAULT_PROFILE,
+          grid: dict[str, list[Any]] | None = None,
+          set_values: dict[str, Any] | None = None) -> Experiment:
+    """A validated experiment. Policies default to every registered one, workloads to
+    DEFAULT_WORKLOADS. ``sets`` are ``KEY=VALUE`` workload parameters applied to every selected
+    workload that takes KEY (an error if none does); ``set_values`` the same, already split
+    (from TOML). A parameter given in a ``-w NAME:k=v`` spec wins over ``--set``."""
+    costs.profile(cost_profile)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise BenchError(f"seeds must be a whole number >= 1, got {seeds!r}")
+    policy_given = [parse_spec(s) for s in policy_specs] if policy_specs else [
+        (name, {}) for name in registry.policies()]
+    workload_given = [parse_spec(s) for s in workload_specs] if workload_specs else [
+        (name, dict(params)) for name, params in DEFAULT_WORKLOADS]
+    for name, _ in policy_given:
+        registry.policy_class(name)
+    for name, _ in workload_given:
+        registry.workload_class(name)
+
+    assignments: dict[str, Any] = dict(set_values or {})
+    for text in sets or ():
+        key, value = parse_assignment(text)
+        assignments[key] = value
+    names = sorted({n for n, _ in workload_given})
+    for key in assignments:
+        if not any(key in registry.workload_class(n).params for n in names):
+            known = {k for n in names for k in registry.workload_class(n).params}
+            raise unknown_name(f"--set parameter (of workloads {', '.join(names)})", key, known)
+    merged = []
+    for name, given in workload_given:
+        schema = registry.workload_class(name).params
+        full = {k: v for k, v in assignments.items() if k in schema}
+        if quick and "quick" in schema:
+            full["quick"] = True
+        full.update(given)
+        merged.append((name, full))
+
+    targets = {}
+    for key in grid or {}:
+        targets[key] = _grid_target(key, [n for n, _ in policy_given], names)
+
+    def expand(items, scope):
+        out = []
+        for name, given in items:
+            cls = (registry.policy_class if scope == "policy" else registry.workload_class)(name)
+            axes = [(bare, grid[key]) for key, (sc, bare) in targets.items()
+                    if sc == scope and bare in cls.params]
+            for combo in itertools.product(*(values for _, values in axes)):
+                g = dict(given)
+                g.update({bare: v for (bare, _), v in zip(axes, combo)})
+                out.append((name, g))
+        return out
+
+    policies = _dedupe([_policy_entry(n, g, cost_profile) for n, g in expand(policy_given, "policy")])
+    workloads = _dedupe([Entry(n, registry.workload_params(n, g))
+                         for n, g in expand(merged, "workload")])
+    _label_entries(policies, lambda n: registry.policy_class(n).params, set(), cost_profile)
+    _label_entries(workloads, lambda n: registry.workload_class(n).params, {"quick"}, cost_profile)
+    canon = {k: [v for v in vals] for k, vals in (grid or {}).items()}
+    return Experiment(policies, workloads, list(range(seeds)), cost_profile,
+                      {f"{sc}.{bare}": canon[key] for key, (sc, bare) in targets.items()})
+
+
+def _dedupe(entries: list[Entry]) -> list[Entry]:
+    seen, out = set(), []
+    for e in entries:
+        k = json.dumps([e.name, e.params], sort_keys=True)
+        if k not in seen:
+            seen.add(k)
+            out.append(e)
+    return out
+
+
+def from_dict(data: dict[str, Any]) -> Experiment:
+    """The experiment a results file recorded (``meta.experiment``), re-validated."""
+    try:
+        profile_name = data["cost_profile"]
+        pol = [(p["name"], p["params"]) for p in data["policies"]]
+        wl = [(w["name"], w["params"]) for w in data["workloads"]]
+        seeds = [int(s) for s in data["seeds"]]
+        grid = dict(data.get("grid") or {})
+    except (KeyError, TypeError, ValueError) as err:
+        raise BenchError(f"results file has a malformed experiment section ({err})") from None
+    policies = [Entry(n, registry.policy_params(n, dict(p))) for n, p in pol]
+    workloads = [Entry(n, registry.workload_params(n, dict(p))) for n, p in wl]
+    _label_entries(policies, lambda n: registry.policy_class(n).params, set(), profile_name)
+    _label_entries(workloads, lambda n: registry.workload_class(n).params, {"quick"}, profile_name)
+    return Experiment(policies, workloads, seeds, profile_name, grid)
+
+
+# -- TOML experiment files ---------------------------------------------------------------------
+TOML_KEYS = {
+    "policies": "list of POLICY[:k=v,...] strings",
+    "workloads": "list of WORKLOAD[:k=v,...] strings",
+    "set": "table of workload parameters",
+    "grid": "table of parameter -> list of values",
+    "seeds": "number of seeds",
+    "cost_profile": "cost profile name",
+    "quick": "true to shrink the guests",
+    "description": "free text",
+}
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """Read an experiment file; malformed TOML or an unknown key is an error naming file and line."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as err:
+        raise BenchError(f"cannot read experiment file {path}: {err.strerror}") from None
+    return parse_toml(raw, path)
+
+
+def parse_toml(raw: bytes | str, path: str = "<experiment>") -> dict[str, Any]:
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise BenchError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    try:
+        data = tomllib.loads(raw)
+    except tomllib.TOMLDecodeError as err:
+        text = str(err)
+        m = re.search(r"\(at line (\d+), column (\d+)\)", text)
+        line = m.group(1) if m else str(max(1, len(raw.splitlines())))  # "at end of document"
+        where = f"{path}:{line}"
+        msg = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", text)
+        raise BenchError(f"{where}: malformed TOML: {msg}") from None
+    for key in data:
+        if key not in TOML_KEYS:
+            raise unknown_name(f"key in experiment file {path}", key, TOML_KEYS)
+    out: dict[str, Any] = {}
+    for key in ("policies", "workloads"):
+        if key in data:
+            value = data[key]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise BenchError(f"{path}: {key} must be a list of strings ({TOML_KEYS[key]})")
+            out[key] = value
+    for key in ("set", "grid"):
+        if key in data:
+            if not isinstance(data[key], dict):
+                raise BenchError(f"{path}: {key} must be a table ({TOML_KEYS[key]})")
+            out[key] = {}
+            for k, v in data[key].items():
+                if key == "grid":
+                    if not isinstance(v, list) or not v or any(isinstance(x, (dict, list)) for x in v):
+                        raise BenchError(f"{path}: grid.{k} must be a non-empty list of values")
+                    out[key][k] = [_scalar(x) for x in v]
+                else:
+                    if isinstance(v, (dict, list)):
+                        raise BenchError(f"{path}: set.{k} must be a single value")
+                    out[key][k] = _scalar(v)
+    if "seeds" in data:
+        if not isinstance(data["seeds"], int) or isinstance(data["seeds"], bool) or data["seeds"] < 1:
+            raise BenchError(f"{path}: seeds must be a whole number >= 1")
+        out["seeds"] = data["seeds"]
+    if "cost_profile" in data:
+        if not isinstance(data["cost_profile"], str):
+            raise BenchError(f"{path}: cost_profile must be a string")
+        out["cost_profile"] = data["cost_profile"]
+    if "quick" in data:
+        if not isinstance(data["quick"], bool):
+            raise BenchError(f"{path}: quick must be true or false")
+        out["quick"] = data["quick"]
+    return out
+
+
+def _scalar(value: Any) -> Any:
+    """TOML dates and times become their text; everything else is kept (Param.parse converts)."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

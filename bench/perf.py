@@ -1,0 +1,132 @@
+"""The simulator's speed and memory benchmarks (pyperf), for docs/performance.md.
+
+    python -m bench.perf -o perf.json                  # speed suite (pyperf Runner options apply)
+    python -m pyperf compare_to old.json perf.json     # compare two versions
+    python -m bench.perf --memory                      # peak resident memory of single cells
+
+Speed benchmarks time the simulation of a fixed number of guest operations (generation and
+execution, the guest's boot excluded), with ``inner_loops`` = operations, so pyperf reports
+seconds per simulated operation; operations per second is its inverse:
+
+- kscand-native: kscand executed natively;
+- kscand-flood-count: kscand under flood-count (the trap-dense case);
+- linear-scan-flood-count: linear-scan under flood-count;
+- oracle: recording a kscand run and computing its offline optimum;
+- reprice-100-cells: re-pricing 100 stored cells under another cost profile (inner_loops 100).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import time
+
+OPS = 200_000
+"""Operations per timed sample (enough to pass kscand's boot and first user phase)."""
+
+
+def _sim(policy: str | None, workload: str, params: dict, n: int):
+    from bench.cell import build_run, executor_for
+    from bench.registry import make_policy
+
+    def time_func(loops: int) -> float:
+        total = 0.0
+        for _ in range(loops):
+            run = build_run(workload, params, 0)
+            machine = executor_for(run, None if policy is None else make_policy(policy))
+            step = machine.step
+            ops = itertools.islice(run.ops, n)
+            t0 = time.perf_counter()
+            for op in ops:
+                step(op)
+            total += time.perf_counter() - t0
+        return total
+
+    return time_func
+
+
+def _oracle(params: dict):
+    from bench import oracle
+    from bench.cell import build_run
+    from bench.costs import profile, DEFAULT_PROFILE
+
+    def time_func(loops: int) -> float:
+        total = 0.0
+        for _ in range(loops):
+            run = build_run("kscand", params, 0)
+            t0 = time.perf_counter()
+            record = oracle.record(run)
+            oracle.optimum_cycles(record, profile(DEFAULT_PROFILE))
+            total += time.perf_counter() - t0
+        return total
+
+    return time_func
+
+
+def _reprice():
+    from bench.costs import PROFILES
+    from bench.machine.counters import ALL_COUNTERS
+
+    counters = [{name: (i * 7 + j) % 1000 for j, name in enumerate(ALL_COUNTERS)} for i in range(100)]
+    profiles = list(PROFILES.values())
+
+    def time_func(loops: int) -> float:
+        t0 = time.perf_counter()
+        for k in range(loops):
+            prof = profiles[k % len(profiles)]
+            for c in counters:
+                prof.price(c)
+        return time.perf_counter() - t0
+
+    return time_func
+
+
+def speed_suite() -> None:
+    import pyperf
+
+    runner = pyperf.Runner(loops=1)
+    runner.metadata["description"] = "shadowbench simulated guest operations (seconds per op)"
+    default = {}
+    runner.bench_time_func("kscand-native", _sim(None, "kscand", default, OPS), inner_loops=OPS)
+    runner.bench_time_func("kscand-flood-count", _sim("flood-count", "kscand", default, OPS),
+                           inner_loops=OPS)
+    runner.bench_time_func("linear-scan-flood-count",
+                           _sim("flood-count", "linear-scan", default, OPS), inner_loops=OPS)
+    runner.bench_time_func("oracle-kscand-quick", _oracle({"quick": True}))
+    runner.bench_time_func("reprice-100-cells", _reprice(), inner_loops=100)
+
+
+def _peak_rss_of_cell(workload: str, params: dict, policy: str) -> dict:
+    code = (
+        "import json, resource, sys, time\n"
+        "from bench.cell import run_cell\n"
+        f"t = time.perf_counter(); r = run_cell({policy!r}, {workload!r}, {params!r}, 0)\n"
+        "print(json.dumps({'ops': r.guest_ops, 'seconds': time.perf_counter() - t,\n"
+        "  'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def memory_suite(extra: list[str]) -> None:
+    """Peak RSS of one kscand cell at the default size and at a 64 GiB PAE guest."""
+    cases = [("kscand default (1 GiB highmem, PAE)", {})]
+    if "--no-64g" not in extra:
+        cases.append(("kscand 64 GiB PAE", {"highmem_mib": 64 * 1024, "seconds": 0.5}))
+    for label, params in cases:
+        result = _peak_rss_of_cell("kscand", params, "flood-count")
+        print(f"{label}: {result['ops']} ops, {result['seconds']:.1f} s, "
+              f"peak RSS {result['peak_rss_mib']:.0f} MiB")
+
+
+def main() -> None:
+    if "--memory" in sys.argv:
+        memory_suite(sys.argv[1:])
+    else:
+        speed_suite()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""Running an experiment's cells in worker processes, with a resumable per-cell cache.
+
+Each cell (and each oracle record) is written, as soon as it is finished, to
+``OUT/cells/<digest>.json`` by the process that computed it (atomically: a temporary file in the
+same folder, then os.replace). A later run of the same experiment finds them there, so an
+interrupted run resumes where it stopped and a repeated run reuses them. SIGINT and SIGTERM stop
+the run: the workers are ended, the cells already finished stay, and the caller writes a partial
+results file. Nothing here prices anything; the records are assembled by bench.results.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+import bench.registry as registry
+from bench.cell import CellResult, build_run, count_ops, executor_for, run_cell
+from bench.errors import BenchError
+from bench.experiment import Cell, Experiment
+from bench.files import atomic_write_text
+
+CELLS_DIR = "cells"
+BYTES_PER_GUEST_PAGE = 200
+"""Memory estimate: per guest page the workload derives (its frame and kernel bookkeeping)."""
+BYTES_PER_PTE = 100
+"""Per mapped pte: its spte and rmap entry once shadowed."""
+BYTES_PER_TABLE_PAGE = 4096 * 2 + 512 * 120
+"""Per page-table page: the dense guest page, its shadow page's sptes and rmap entries."""
+BYTES_PER_WORKER = 60 << 20
+"""A worker process with the simulator loaded."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived during a run."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@dataclass
+class Outcome:
+    """What a run produced: cell results and oracle records by digest, and whether it stopped."""
+
+    cells: dict[str, dict[str, Any]] = field(default_factory=dict)
+    oracles: dict[str, Any] = field(default_factory=dict)
+    reused: int = 0
+    computed: int = 0
+    interrupted: Interrupted | None = None
+    oracle_missing: bool = False
+
+
+# -- the work done in a worker -----------------------------------------------------------------
+def oracle_module():
+    """bench.oracle if it exists (another engineer is writing it), else None."""
+    try:
+        from bench import oracle
+    except ImportError:
+        return None
+    return oracle
+
+
+def compute(cell_key: dict[str, Any], digest: str, cells_dir: str) -> dict[str, Any]:
+    """Simulate one cell (or record the oracle's view of one guest run) and store it."""
+    if cell_key["kind"] == "oracle":
+        oracle = oracle_module()
+        run = build_run(cell_key["workload"], cell_key["workload_params"], cell_key["seed"])
+        payload: dict[str, Any] = {"oracle": oracle.record(run)}
+    else:
+        result = simulate(cell_key["policy"], cell_key["policy_params"], cell_key["workload"],
+                          cell_key["workload_params"], cell_key["seed"])
+        payload = {
+            "guest_ops": result.guest_ops,
+            "counters": dict(sorted(result.counters.items())),
+            "marks": [[phase, {k: v for k, v in sorted(c.items()) if v}]
+                      for phase, c in result.marks],
+            "sizes": dict(sorted(result.sizes.items())),
+        }
+    text = json.dumps({"key": cell_key, **payload}, sort_keys=True)
+    atomic_write_text(os.path.join(cells_dir, digest + ".json"), text)
+    return json.loads(text)  # exactly what a later run reads back from the cache
+
+
+def simulate(policy: str, params: dict[str, Any], workload: str, wparams: dict[str, Any],
+             seed: int) -> CellResult:
+    """bench.cell.run_cell, plus the replaying policies (``needs_trace``, the oracle policy): they
+    get the run's native recording (bench.oracle.trace of a fresh build) before they run."""
+    if not getattr(registry.policy_class(policy), "needs_trace", False):
+        return run_cell((policy, params), workload, wparams, seed)
+    oracle = oracle_module()
+    if oracle is None:
+        raise BenchError(f"policy {policy} needs bench/oracle.py, which this checkout lacks")
+    instance = registry.make_policy((policy, params))
+    instance.use_trace(oracle.trace(build_run(workload, wparams, seed)))
+    run = build_run(workload, wparams, seed)
+    machine = executor_for(run, instance)
+    n = count_ops(run.ops, machine.step)
+    marks = list(machine.marks)
+    return CellResult(n - len(marks), machine.counters.as_dict(), marks, dict(run.sizes))
+
+
+def _worker_init() -> None:
+    """Workers leave SIGINT to the parent (which ends them); SIGTERM ends them at once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+# -- the cache ---------------------------------------------------------------------------------
+def load_cached(cells_dir: str, cell: Cell) -> dict[str, Any] | None:
+    """A stored cell if it exists and is the same cell; anything unreadable is recomputed."""
+    path = os.path.join(cells_dir, cell.digest() + ".json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            doc = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    key = json.loads(json.dumps(cell.key()))
+    if not isinstance(doc, dict) or doc.get("key") != key:
+        return None
+    return doc
+
+
+def clean_temporaries(cells_dir: str) -> None:
+    """Remove temporary files a killed writer left behind."""
+    try:
+        names = os.listdir(cells_dir)
+    except OSError:
+        return
+    for name in names:
+        if name.endswith(".tmp"):
+            try:
+                os.unlink(os.path.join(cells_dir, name))
+            except OSError:
+                pass
+
+
+# -- memory estimate ---------------------------------------------------------------------------
+def estimate_memory(experiment: Experiment, jobs: int) -> tuple[int, dict[str, int]]:
+    """Bytes the run will need at its peak, and the estimate per workload entry.
+
+    Each workload entry is built once (seed 0, no operation run): its derived sizes (``pages``,
+    ``page_tables``) and the guest's page-table pages give the estimate of one cell; ``jobs``
+    cells run at once. Building also checks parameters only the workload itself can check."""
+    per_entry: dict[str, int] = {}
+    for w in experiment.workloads:
+        run = build_run(w.name, w.params, 0)
+        sizes = run.sizes
+        tables = max(int(sizes.get("page_tables", 0)), len(run.guest.mem.tables))
+        per_entry[w.label] = (int(sizes.get("pages", 0)) * BYTES_PER_GUEST_PAGE
+                              + int(sizes.get("ptes", 0)) * BYTES_PER_PTE
+                              + tables * BYTES_PER_TABLE_PAGE)
+    biggest = max(per_entry.values(), default=0)
+    workers = max(1, min(jobs, len(experiment.cells()) or 1))
+    return workers * (biggest + BYTES_PER_WORKER), per_entry
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo, in bytes (None where it cannot be read)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_memory(experiment: Experiment, jobs: int, force: bool) -> int:
+    """Refuse a run whose estimate exceeds the available memory, unless ``force``."""
+    need, per_entry = estimate_memory(experiment, jobs)
+    have = available_memory()
+    if have is not None and need > have and not force:
+        worst = max(per_entry, key=per_entry.get) if per_entry else "?"
+        raise BenchError(
+            f"the run needs about {need / 2**20:.0f} MiB ({jobs} jobs; largest cell {worst}) but "
+            f"only {have / 2**20:.0f} MiB is available; lower the guest size or --jobs, or use "
+            f"--force-memory")
+    return need
+
+
+# -- running -----------------------------------------------------------------------------------
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
+            progress: Callable[[int, int, int, str], None] | None = None) -> Outcome:
+    """Run every cell not already stored in ``out_dir`` (all of them when not ``reuse``).
+
+    ``progress(done, total, reused, what)`` is called after each cell. SIGINT/SIGTERM end the
+    workers and return with ``interrupted`` set; the finished cells are in the outcome and on disk.
+    """
+    cells_dir = os.path.join(out_dir, CELLS_DIR)
+    os.makedirs(cells_dir, exist_ok=True)
+    clean_temporaries(cells_dir)
+    outcome = Outcome()
+    oracle = oracle_module()
+    wanted = list(experiment.cells())
+    if oracle is None:
+        outcome.oracle_missing = True
+    else:
+        wanted = experiment.oracle_cells() + wanted
+    todo: list[Cell] = []
+    for cell in wanted:
+        doc = load_cached(cells_dir, cell) if reuse else None
+        if doc is None:
+            todo.append(cell)
+        else:
+            _store(outcome, cell, doc)
+            outcome.reused += 1
+    total = len(wanted)
+    done = outcome.reused
+    if progress:
+        progress(done, total, outcome.reused, "")
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, _raise_interrupted)
+    executor: ProcessPoolExecutor | None = None
+    try:
+        if jobs <= 1 or len(todo) <= 1:
+            for cell in todo:
+                doc = compute(cell.key(), cell.digest(), cells_dir)
+                _store(outcome, cell, doc)
+                outcome.computed += 1
+                done += 1
+                if progress:
+                    progress(done, total, outcome.reused, _what(cell))
+        else:
+            context = multiprocessing.get_context("fork") if sys.platform != "win32" else None
+            executor = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=context,
+                                           initializer=_worker_init)
+            # Longest-first would need sizes; submit in order so results appear evenly.
+            pending: dict[Future, Cell] = {
+                executor.submit(compute, cell.key(), cell.digest(), cells_dir): cell
+                for cell in todo}
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    cell = pending.pop(future)
+                    _store(outcome, cell, future.result())
+                    outcome.computed += 1
+                    done += 1
+                    if progress:
+                        progress(done, total, outcome.reused, _what(cell))
+            executor.shutdown(wait=True)
+            executor = None
+    except Interrupted as stop:
+        outcome.interrupted = stop
+        for s in previous:  # a second signal while cleaning up is ignored
+            signal.signal(s, signal.SIG_IGN)
+        if executor is not None:
+            _end_workers(executor)
+        # Cells finished by workers after the parent stopped listening are on disk: keep them.
+        for cell in wanted:
+            digest = cell.digest()
+            if digest not in outcome.cells and digest not in outcome.oracles:
+                doc = load_cached(cells_dir, cell)
+                if doc is not None:
+                    _store(outcome, cell, doc)
+        clean_temporaries(cells_dir)
+    finally:
+        if executor is not None:
+            _end_workers(executor)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return outcome
+
+
+def _end_workers(executor: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and end the worker processes now."""
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        if proc.is_alive():
+            proc.terminate()
+    deadline = time.monotonic() + 5
+    for proc in processes:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(1)
+
+
+def _store(outcome: Outcome, cell: Cell, doc: dict[str, Any]) -> None:
+    if cell.policy is None:
+        outcome.oracles[cell.digest()] = doc["oracle"]
+    else:
+        outcome.cells[cell.digest()] = doc
+
+
+def _what(cell: Cell) -> str:
+    who = "oracle" if cell.policy is None else cell.policy.label
+    return f"{cell.workload.label} / {who} / seed {cell.seed}"

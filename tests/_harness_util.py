@@ -1,0 +1,57 @@
+"""Helpers shared by the harness tests: run the CLI in-process or as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+TINY_MAIN = os.path.join(TESTS, "_tiny_workload.py")
+
+
+def env(charts: bool = False) -> dict[str, str]:
+    e = dict(os.environ)
+    if not charts:
+        e["TINY_NO_CHARTS"] = "1"
+    e["PYTHONPATH"] = os.pathsep.join([ROOT, TESTS] + ([e["PYTHONPATH"]] if e.get("PYTHONPATH") else []))
+    return e
+
+
+def bench(*argv: str, cwd: str | None = None, tiny: bool = True, charts: bool = False,
+          timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m bench ARGV`` (with the test workloads registered, and no charts drawn unless
+    ``charts``, when ``tiny``)."""
+    cmd = [sys.executable, TINY_MAIN] if tiny else [sys.executable, "-m", "bench"]
+    return subprocess.run(cmd + list(argv), cwd=cwd or ROOT, env=env(charts), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def stable_bytes(path: str) -> str:
+    """results.json without meta.volatile, re-serialised exactly as the harness writes it."""
+    from bench.results import dumps, stable
+
+    with open(path, encoding="utf-8") as handle:
+        return dumps(stable(json.load(handle)))
+
+
+def has_workloads(*names: str) -> bool:
+    try:
+        from bench import registry
+
+        known = registry.workloads()
+    except Exception:
+        return False
+    return all(n in known for n in names)
+
+
+def has_policies(*names: str) -> bool:
+    try:
+        from bench import registry
+
+        known = registry.policies()
+    except Exception:
+        return False
+    return all(n in known for n in names)

@@ -1,8 +1,10 @@
 """always-emulate: emulate every trapping page-table write and never unshadow.
 
 The pure write-protection mechanism of domain.md 3.2 with no flood detection (KVM 2.6.26's
-kvm_mmu_pte_write with the flood and misaligned checks taken out): every guest write to a
-shadowed page table is one exit and one emulation, the spte is rebuilt from the new gpte.
+kvm_mmu_pte_write with the flood check and 2.6.26's ``bytes < 4`` rule taken out): every guest
+write to a shadowed page table is one exit and one emulation, and the spte is rebuilt from the
+new gpte. A write spanning two gptes still zaps the table: that is the mechanism's own
+coherence rule (KVM rebuilds only the one spte a write falls in), not a policy choice.
 """
 
 from __future__ import annotations

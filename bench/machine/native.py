@@ -21,21 +21,17 @@ from bench.machine.paging import Mode, walk
 from bench.ops import BTR, BTS, COMPUTE, CR3, INVLPG, LOAD, MARK, PAGE_OFFSET, STORE
 
 
-def apply_write(mem: GuestMemory, gpa: int, kind: int, width: int, value: int) -> tuple[int, int]:
-    """Perform a STORE (``width`` bytes of ``value``) or a locked BTR/BTS (bit ``width``) at gpa.
-
-    Returns the aligned 4-byte word (the first one for an 8-byte store) before and after, which
-    the shadow MMU hands to policies.
-    """
+def apply_write(mem: GuestMemory, gpa: int, kind: int, width: int, value: int) -> None:
+    """Perform a STORE (``width`` bytes of ``value``) or a locked BTR/BTS (bit ``width``) at gpa."""
+    if kind == STORE:
+        if width == 4 and not gpa & 3:
+            mem.write32(gpa, value)
+        else:
+            mem.write(gpa, width, value)
+        return
     word = gpa & ~3
     old = mem.read32(word)
-    if kind == STORE:
-        mem.write(gpa, width, value)
-    elif kind == BTR:
-        mem.write32(word, old & ~(1 << width))
-    else:
-        mem.write32(word, old | (1 << width))
-    return old, mem.read32(word)
+    mem.write32(word, old & ~(1 << width) if kind == BTR else old | (1 << width))
 
 
 def count_native(c: Counters, kind: int, arg: int) -> None:

@@ -467,7 +467,10 @@ class ShadowMachine:
         pte_size = self.mode.entry_size
         write = PteWrite(cpu, gpa, gfn, offset, nbytes, pte_size, insn, old_gpte, new_gpte,
                          extra, walker)
-        zap = self.policy.on_pte_write(write)
+        # a write spanning two gptes is zapped whatever the policy says: KVM only rebuilds the
+        # one spte a write falls in ("misaligned accesses are too much trouble to fix up", K20
+        # and later); the policy decides everything else (flooding, 2.6.26's bytes < 4)
+        zap = self.policy.on_pte_write(write) or write.misaligned
         sps = self.by_gfn.get(gfn)
         if not sps:
             return write
@@ -597,8 +600,11 @@ class ShadowMachine:
         sps = self.by_gfn.get(gfn)
         if not sps:
             return False
-        first = sps[0]
-        return all(sp.level == 1 and sp.quadrant == first.quadrant for sp in sps)
+        quadrant = sps[0].quadrant
+        for sp in sps:
+            if sp.level != 1 or sp.quadrant != quadrant:
+                return False
+        return True
 
     def _unsync(self, gfn: int) -> None:
         for sp in self.by_gfn.get(gfn, ()):

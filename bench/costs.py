@@ -118,7 +118,7 @@ P4 = CostProfile(
     exit_roundtrip=2500, hidden_fault=7649, ptwrite_emulate=10233, ptwrite_unshadow=7649,
     ptwrite_unsync=7649, guest_fault=7649, invlpg_exit=2000, cr3_exit=4000, extra_emulation=1500,
     shadow_page_create=4000, shadow_page_zap=2000, resync_page=1000, resync_gpte=60,
-    tdp_walk_ref=0, native_load=1, native_store=1, native_locked_rmw=100, native_invlpg=500,
+    tdp_walk_ref=20, native_load=1, native_store=1, native_locked_rmw=100, native_invlpg=500,
     native_cr3=500, native_page_fault=1093,
     sources={
         "exit_roundtrip": "estimate: no Prescott round trip is published; Merom measures 1681 "
@@ -134,15 +134,16 @@ P4 = CostProfile(
         "shadow_page_create": "estimate: allocation, zeroing, rmap write-protect walk",
         "shadow_page_zap": "estimate: unlink parents and children, free",
         "resync_page": "estimate", "resync_gpte": "estimate: read and compare one gpte",
-        "tdp_walk_ref": "not applicable: Prescott has no EPT",
+        "tdp_walk_ref": "hypothetical estimate: Prescott has no EPT; priced as if it had, at a "
+                        "page-walk reference mostly hitting its caches",
         "native_page_fault": f"{_AA06}: native pgfault 1093",
         "native_locked_rmw": "estimate: locked RMW on NetBurst is slow (~100 cycles)",
         "native_invlpg": "estimate", "native_cr3": "estimate",
     },
     estimates=("exit_roundtrip", "hidden_fault", "ptwrite_unshadow", "ptwrite_unsync",
                "invlpg_exit", "cr3_exit", "extra_emulation", "shadow_page_create",
-               "shadow_page_zap", "resync_page", "resync_gpte", "native_locked_rmw",
-               "native_invlpg", "native_cr3"),
+               "shadow_page_zap", "resync_page", "resync_gpte", "tdp_walk_ref",
+               "native_locked_rmw", "native_invlpg", "native_cr3"),
 )
 
 PENRYN = CostProfile(
@@ -150,7 +151,7 @@ PENRYN = CostProfile(
     exit_roundtrip=1118, hidden_fault=2500, ptwrite_emulate=3500, ptwrite_unshadow=2500,
     ptwrite_unsync=2500, guest_fault=2000, invlpg_exit=1000, cr3_exit=2500, extra_emulation=800,
     shadow_page_create=2500, shadow_page_zap=1200, resync_page=600, resync_gpte=30,
-    tdp_walk_ref=0, native_load=1, native_store=1, native_locked_rmw=20, native_invlpg=250,
+    tdp_walk_ref=14, native_load=1, native_store=1, native_locked_rmw=20, native_invlpg=250,
     native_cr3=150, native_page_fault=800,
     sources={
         "exit_roundtrip": f"measured: E8500 1118 TSC ticks ({_VMLAT})",
@@ -161,7 +162,8 @@ PENRYN = CostProfile(
         "cr3_exit": "estimate (costs.md 3: RT + 500-4000)",
         "extra_emulation": "estimate", "shadow_page_create": "estimate",
         "shadow_page_zap": "estimate", "resync_page": "estimate", "resync_gpte": "estimate",
-        "tdp_walk_ref": "not applicable: Penryn has no EPT",
+        "tdp_walk_ref": "hypothetical estimate: Penryn has no EPT (Nehalem, 2008-11, was first); "
+                        "priced as if it had, at a page-walk reference mostly hitting its caches",
         "native_locked_rmw": "estimate: ~18-25 cycles on Intel Core (costs.md 4)",
         "native_invlpg": f"estimate near Westmere's 232 ({_HANSEN})",
         "native_cr3": f"estimate near Westmere's 108 ({_HANSEN})",
@@ -170,7 +172,8 @@ PENRYN = CostProfile(
     estimates=("hidden_fault", "ptwrite_emulate", "ptwrite_unshadow", "ptwrite_unsync",
                "guest_fault", "invlpg_exit", "cr3_exit", "extra_emulation",
                "shadow_page_create", "shadow_page_zap", "resync_page", "resync_gpte",
-               "native_locked_rmw", "native_invlpg", "native_cr3", "native_page_fault"),
+               "tdp_walk_ref", "native_locked_rmw", "native_invlpg", "native_cr3",
+               "native_page_fault"),
 )
 
 NEHALEM = CostProfile(

@@ -10,9 +10,18 @@ allocation order, the page-table allocation order (page tables come from highmem
 HIGHPTE) and the initial LRU order (lru_cache_add puts each new page at the head of age bucket
 INITIAL_AGE, R3 mm/swap.c; notes section 2).
 
+Page-cache pages (kscand's ``cache`` fraction; the other scan workloads pass 0): the first
+round(cache * length) pages of every segment and of every process's private range are
+file-backed rather than anonymous. In a segment they stand for shared library text and other
+shared file mappings (several mappings: a pte_chain), in a private range for the program's own
+text and privately mmap'd files (one mapping: PageDirect). The rest of a segment is SysV shm
+(shared writable tmpfs, which page_anon counts as anon) and the rest of a private range is
+anonymous memory. The choice takes no randomness, so the fault order, the physical layout and
+the access streams do not depend on ``cache``; only the LRU list a page lives on does.
+
 Per-page state lives in arrays so the guest scales to 16,777,216 pages: ``pte_gpa[p]`` (the
 page's first mapping), ``chain[j * mappings + t]`` (the ptes of shared page j in
-page_referenced's visit order), and per process the virtual addresses and pte gpas of its
+page_referenced's visit order), ``is_cache[p]`` (1 for a page-cache page), and per process the virtual addresses and pte gpas of its
 mappings in address order.
 """
 
@@ -47,7 +56,7 @@ class UserMemory:
     """Processes and their mappings, written into guest memory directly (setup, no operations)."""
 
     def __init__(self, guest: Guest, rng: random.Random, pages: int, processes: int,
-                 shared: float, mappings: int) -> None:
+                 shared: float, mappings: int, cache: float = 0.0) -> None:
         self.guest = guest
         nproc = processes
         nshared = int(round(shared * pages)) if mappings >= 2 else 0
@@ -57,6 +66,16 @@ class UserMemory:
         nprivate = pages - nshared
         priv_bounds = [nshared + q * nprivate // nproc for q in range(nproc + 1)]
         seg_bounds = [q * nshared // nproc for q in range(nproc + 1)]
+        # Page-cache pages: the first round(cache * length) pages of every segment and of every
+        # private range (file-backed mappings: library and program text, mmap'd files).
+        self.is_cache = is_cache = bytearray(pages)
+        for bounds in (seg_bounds, priv_bounds):
+            for q in range(nproc):
+                a, b = bounds[q], bounds[q + 1]
+                c = int(round(cache * (b - a)))
+                is_cache[a:a + c] = b"\x01" * c
+        self.cache_pages = is_cache.count(1)
+        self.shared_cache_pages = is_cache.count(1, 0, nshared)
         max_private = max(priv_bounds[q + 1] - priv_bounds[q] for q in range(nproc))
         large = 1 << guest.mode.large_shift
         self.shm_base = (PRIVATE_BASE + max_private * 4096 + large - 1) & ~(large - 1)
@@ -159,4 +178,5 @@ class UserMemory:
     def sizes(self) -> dict[str, int]:
         return {"pages": self.pages, "page_tables": self.page_tables,
                 "processes": len(self.procs), "shared_pages": self.shared_pages,
+                "cache_pages": self.cache_pages,
                 "mappings": self.mappings, "ptes": sum(len(v) for v in self.vaddrs)}

@@ -73,7 +73,7 @@ class ScanWorkload(GuestWorkload):
         ptes = pages + int(round(self.shared * pages)) * (mappings - 1)
         bound = ptes // entries + 2 * procs * (mappings + 2) + 8  # page tables, at most
         guest = Guest(self.pae, pages + bound, cpus=self.cpus)
-        um = UserMemory(guest, rng, pages, procs, self.shared, mappings)
+        um = UserMemory(guest, rng, pages, procs, self.shared, mappings, self.cache_fraction())
         trace = read_lackey(self.pattern[len("lackey:"):]) if self.pattern.startswith(
             "lackey:") else None
         cdf_cache: dict = {}
@@ -97,6 +97,11 @@ class ScanWorkload(GuestWorkload):
 
     def scanner(self, um: UserMemory, kernel: Kernel) -> "Scanner":
         raise NotImplementedError
+
+    def cache_fraction(self) -> float:
+        """The fraction of the mapped pages that are page-cache pages (workloads._mm); only
+        kscand keeps separate anon and cache lists, the other scans see no difference."""
+        return 0.0
 
     def _timeline(self, scanner: "Scanner", runner: UserRunner, sizes: dict) -> Iterator[tuple]:
         """Jiffy by jiffy: every CPU runs its user process; a kernel pass on CPU 0 takes that

@@ -41,7 +41,7 @@ class KmapBench(GuestWorkload):
                         "different one each time", choices=("same", "different")),
         "table_count": Param(int, 64, "page tables visited round robin with tables=different",
                              minimum=2, maximum=4096),
-        "iterations": Param(int, 12000, "measured kmap/btr/kunmap iterations", minimum=1),
+        "iterations": Param(int, 4000, "measured kmap/btr/kunmap iterations", minimum=1),
     }
 
     def build(self, rng: random.Random) -> GuestRun:

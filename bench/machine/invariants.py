@@ -60,7 +60,7 @@ def check_shadow(m: ShadowMachine) -> None:
                 raise InvariantError(f"spte {sp!r}[{idx}] maps {gfn:#x}, gpte {gpte:#x}")
             if spte & 2 and not (gpte & 2 and gpte & 0x40):
                 raise InvariantError(f"writable spte {sp!r}[{idx}] for clean or read-only gpte")
-    rmap = {gfn: set(entries) for gfn, entries in m.rmap.items() if entries}
+    rmap = {gfn: set(m.rmap_entries(gfn)) for gfn in m.rmap}
     if rmap != rmap_seen:
         raise InvariantError("rmap does not match the present sptes")
     for gfn, sps in m.by_gfn.items():

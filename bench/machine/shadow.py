@@ -85,7 +85,7 @@ class ShadowMachine:
         self.marks: list[tuple[int, dict[str, int]]] = []
         self.pages: dict[tuple[int, int, int, bool], ShadowPage] = {}
         self.by_gfn: dict[int, list[ShadowPage]] = {}  # indirect shadow pages per gfn
-        self.rmap: dict[int, set[tuple[ShadowPage, int]]] = {}  # gfn -> leaf sptes mapping it
+        self.rmap: dict[int, tuple | set] = {}  # gfn -> leaf spte(s) mapping it: see rmap_entries
         self.unsync_pages: set[ShadowPage] = set()
         self.cpus = len(cr3s)
         self.cr3 = list(cr3s)
@@ -287,10 +287,18 @@ class ShadowMachine:
 
     def _write_protect(self, gfn: int) -> None:
         """rmap_write_protect: every spte mapping gfn becomes read-only."""
-        for sp, idx in self.rmap.get(gfn, ()):
+        for sp, idx in self.rmap_entries(gfn):
             spte = sp.sptes[idx]
             if spte & SPTE_W:
                 sp.sptes[idx] = spte & ~SPTE_W
+
+    def rmap_entries(self, gfn: int) -> tuple | set:
+        """The (shadow page, index) of every spte mapping gfn. The rmap holds one tuple for a
+        gfn mapped once (KVM's rmap also keeps a single spte inline) and a set for several."""
+        entry = self.rmap.get(gfn)
+        if entry is None:
+            return ()
+        return (entry,) if type(entry) is tuple else entry
 
     def _protected(self, gfn: int) -> bool:
         """Whether gfn has an indirect shadow page that is in sync (so it must stay read-only)."""
@@ -343,17 +351,30 @@ class ShadowMachine:
                 spte |= SPTE_W
         sptes[idx] = spte
         if old is None:
-            self.rmap.setdefault(gfn, set()).add((sp, idx))
+            rmap = self.rmap
+            entry = rmap.get(gfn)
+            if entry is None:
+                rmap[gfn] = (sp, idx)
+            elif type(entry) is tuple:
+                rmap[gfn] = {entry, (sp, idx)}
+            else:
+                entry.add((sp, idx))
         if self._on_spte_set:
             self._on_spte_set(cpu, (sp, idx), speculative, ptwrite)
         return ptwrite
 
     def _rmap_remove(self, gfn: int, sp: ShadowPage, idx: int) -> None:
-        entries = self.rmap.get(gfn)
-        if entries is not None:
-            entries.discard((sp, idx))
-            if not entries:
-                del self.rmap[gfn]
+        rmap = self.rmap
+        entry = rmap.get(gfn)
+        if entry is None:
+            return
+        if type(entry) is tuple:
+            if entry == (sp, idx):
+                del rmap[gfn]
+            return
+        entry.discard((sp, idx))
+        if len(entry) == 1:
+            rmap[gfn] = next(iter(entry))
 
     # ============================================================================ trapping writes
     def _write_fault(self, kind: int, cpu: int, vaddr: int, arg: int, value: int, insn: str,

@@ -9,15 +9,13 @@ coherence rule (KVM rebuilds only the one spte a write falls in), not a policy c
 
 from __future__ import annotations
 
-from bench.policy import Decision, Policy, WriteFault
+from bench.policy import Policy
 
 
 class AlwaysEmulate(Policy):
     name = "always-emulate"
     summary = "emulate every write to a shadowed page table, never unshadow (K26 mechanism, no flood check)"
-
-    def on_write_fault(self, fault: WriteFault) -> Decision:
-        return Decision.EMULATE
+    # every hook keeps the base class's default: on_write_fault emulates, on_pte_write never zaps
 
 
 POLICY = AlwaysEmulate

@@ -39,7 +39,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.params import Param
-from bench.policy import Decision, MMUConfig, Policy, PteWrite, WriteFault
+from bench.policy import MMUConfig, Policy, PteWrite
 
 VARIANTS = ("2.6.20", "2.6.26", "2.6.27")
 
@@ -82,8 +82,6 @@ class FloodCount(Policy):
         return MMUConfig()
 
     # -- decisions ------------------------------------------------------------------------------
-    def on_write_fault(self, fault: WriteFault) -> Decision:
-        return Decision.EMULATE
 
     def on_pte_write(self, write: PteWrite) -> bool:
         cpu, gfn = write.cpu, write.gfn

@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.params import Param
-from bench.policy import Decision, MMUConfig, Policy, PteWrite, WriteFault
+from bench.policy import MMUConfig, Policy, PteWrite
 
 
 class PerPageFlood(Policy):
@@ -59,8 +59,6 @@ class PerPageFlood(Policy):
     def mmu_config(self, pae: bool) -> MMUConfig:
         return MMUConfig()
 
-    def on_write_fault(self, fault: WriteFault) -> Decision:
-        return Decision.EMULATE
 
     def on_pte_write(self, write: PteWrite) -> bool:
         if write.walker:

@@ -28,7 +28,7 @@ write to a page table unshadows in the executor's mechanism already, as in Xen).
 
 from __future__ import annotations
 
-from bench.policy import Decision, Policy, PteWrite, WriteFault
+from bench.policy import Policy, PteWrite
 
 
 def first_written_word(write: PteWrite) -> int | None:
@@ -56,8 +56,6 @@ class XenEarlyUnshadow(Policy):
         super().__init__(**params)
         self._last: dict[int, int] = {}  # per vCPU: last_emulated_mfn_for_unshadow
 
-    def on_write_fault(self, fault: WriteFault) -> Decision:
-        return Decision.EMULATE
 
     def on_pte_write(self, write: PteWrite) -> bool:
         if write.walker:

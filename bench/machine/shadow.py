@@ -96,6 +96,8 @@ class ShadowMachine:
         self._last_walk = None
         self._reload = [False] * self.cpus
         self._policy_unsyncs = overridden(policy, "unsync_on_map")
+        self._decides_writes = overridden(policy, "on_write_fault")
+        self._batches = overridden(policy, "extra_emulation")
         self._hooks = {h: getattr(policy, h) for h in NOTIFICATION_HOOKS if overridden(policy, h)}
         self._on_spte_set = self._hooks.get("on_spte_set")
         self._on_shadow_walk = self._hooks.get("on_shadow_walk")
@@ -397,6 +399,12 @@ class ShadowMachine:
         w = self._last_walk
         gpa = (w.gfn << 12) | (vaddr & 0xFFF)
         gfn = w.gfn
+        c = self.counters
+        if not self._decides_writes:  # the base class's answer: emulate (no WriteFault needed)
+            c.exit_ptwrite_emulate += 1
+            c.insn_emulation += 1
+            self._emulate_write(cpu, gpa, kind, arg, value, insn, extra=False)
+            return
         pae = self.pae
         esize = self.mode.entry_size
         entry_gpa = gpa & ~(esize - 1)
@@ -420,7 +428,6 @@ class ShadowMachine:
         if (decision == _UNSYNC and not fault.can_unsync) or \
                 (retry and (decision == _UNSHADOW or decision == _UNSHADOW_NATIVE)):
             decision = _EMULATE
-        c = self.counters
         if decision == _EMULATE:
             c.exit_ptwrite_emulate += 1
             c.insn_emulation += 1
@@ -473,7 +480,7 @@ class ShadowMachine:
             write = self._mmu_pte_write(cpu, gpa, arg, insn, old_gpte, new_gpte, extra, False)
         else:
             write = self._mmu_pte_write(cpu, gpa & ~3, 4, insn, old_gpte, new_gpte, extra, False)
-        if not extra:
+        if not extra and self._batches:
             n = self.policy.extra_emulation(write)
             if n > 0:
                 self.batch[cpu] = n

@@ -4,6 +4,7 @@ guest memory identical under every executor, and parameter validation."""
 from __future__ import annotations
 
 import random
+from collections import deque
 
 import pytest
 
@@ -35,8 +36,20 @@ def test_all_registered() -> None:
 
 
 # -- kscand ---------------------------------------------------------------------------------------
-def test_kscand_visits_each_page_of_the_scanned_buckets_once_in_bucket_order() -> None:
-    w = make_workload("kscand", {**QUICK, "cpus": 2})
+ANON_BUCKETS = range(14, -1, -1)
+CACHE_BUCKETS = range(16 + 14, 15, -1)  # cache bucket of age a is 16 + a
+
+
+def needs_scan(counts: list[int]) -> bool:
+    """need_active_anon_scan / need_active_cache_scan on one list's 16 counts."""
+    return sum(counts[7:16]) < sum(counts[:7])
+
+
+@pytest.mark.parametrize("extra", [{"cache": 0.0}, {"cache_count": "cache"}])
+def test_kscand_visits_each_page_of_the_scanned_buckets_once_in_bucket_order(extra) -> None:
+    """Anon-only pages, or cache pages with HEAD's cache count: every page of the scanned
+    buckets exactly once, anon buckets 14..0 then cache buckets 14..0, each from the tail."""
+    w = make_workload("kscand", {**QUICK, "cpus": 2, **extra})
     run = w.build(random.Random(3))
     zone = w.last_scanner
     zone.record = True
@@ -48,7 +61,12 @@ def test_kscand_visits_each_page_of_the_scanned_buckets_once_in_bucket_order() -
         result = wake(jiffy)
         if result is not None:
             starts.append(len(zone.visited))
-            expected.append([(b, p) for b in range(14, -1, -1) for p in zone.bucket(b)])
+            want = []
+            if needs_scan(zone.count[:16]):
+                want += [(b, p) for b in ANON_BUCKETS for p in zone.bucket(b)]
+            if needs_scan(zone.count[16:]):
+                want += [(b, p) for b in CACHE_BUCKETS for p in zone.bucket(b)]
+            expected.append(want)
         return result
 
     zone.wake = spy
@@ -59,6 +77,161 @@ def test_kscand_visits_each_page_of_the_scanned_buckets_once_in_bucket_order() -
         got = zone.visited[bounds[i]:bounds[i + 1]]
         assert got == want
         assert len({p for _, p in got}) == len(got)
+    cache_visits = [p for b, p in zone.visited if b >= 16]
+    if extra.get("cache_count") == "cache":
+        assert cache_visits and all(zone.um.is_cache[p] for p in cache_visits)
+    else:
+        assert not cache_visits and zone.um.cache_pages == 0
+
+
+def young_pages(um, mem) -> set[int]:
+    """Pages with at least one young pte (what page_referenced would report)."""
+    young = set()
+    for p in range(um.pages):
+        if p < um.shared_pages:
+            gpas = um.chain[p * um.mappings:(p + 1) * um.mappings]
+        else:
+            gpas = [um.pte_gpa[p]]
+        if any(mem.read32(g) & 0x20 for g in gpas):
+            young.add(p)
+    return young
+
+
+def model_scan(buckets: dict[int, deque], bucket: int, count: int, young: set[int],
+               out: list[tuple[int, int]]) -> None:
+    """scan_active_list as notes section 2 gives it, on deques ordered tail first: take the
+    tail ``count`` times unless the bucket is empty; young -> head of min(age + 4, 15) of the
+    same list (its young bits are now clear), else rotate to the head of the same bucket."""
+    lst, age = bucket - bucket % 16, bucket % 16
+    dq = buckets[bucket]
+    while count > 0 and dq:
+        count -= 1
+        p = dq.popleft()
+        out.append((bucket, p))
+        if p in young:
+            young.discard(p)
+            buckets[lst + min(age + 4, 15)].append(p)
+        else:
+            dq.append(p)
+
+
+def model_pass(zone, young: set[int], quirk: bool) -> list[tuple[int, int]]:
+    """kscand's per-zone loop (notes section 1, 65bd7b49 or HEAD) on a snapshot of the lists."""
+    buckets = {b: deque(zone.bucket(b)) for b in range(32)}
+    out: list[tuple[int, int]] = []
+    if needs_scan([len(buckets[b]) for b in range(16)]):
+        for b in ANON_BUCKETS:
+            model_scan(buckets, b, len(buckets[b]), young, out)
+    if needs_scan([len(buckets[b]) for b in range(16, 32)]):
+        for b in CACHE_BUCKETS:
+            count = len(buckets[b - 16]) if quirk else len(buckets[b])
+            model_scan(buckets, b, count, young, out)
+    return out
+
+
+@pytest.mark.parametrize("cache_count", ["anon", "cache"])
+def test_kscand_passes_follow_the_kernel_loop_with_cache_pages(cache_count: str) -> None:
+    """Every pass of a run with cache pages equals the reference model of kscand's loop, with
+    the cache pass counted by active_anon_count (47.EL quirk) or active_cache_count (HEAD).
+    One CPU, so no user access runs during a pass."""
+    w = make_workload("kscand", {**QUICK, "seconds": 3.0, "pressure": 5.0,
+                                 "cache_count": cache_count})
+    run = w.build(random.Random(4))
+    zone = w.last_scanner
+    zone.record = True
+    um = zone.um
+    assert 0 < um.cache_pages < um.pages and 0 < um.shared_cache_pages < um.shared_pages
+    m = NativeMachine(run.guest.mem, run.guest.mode, run.cr3s)
+    expected: list[list[tuple[int, int]]] = []
+    starts: list[int] = []
+    wake = zone.wake
+
+    def spy(jiffy):
+        result = wake(jiffy)
+        if result is not None:
+            starts.append(len(zone.visited))
+            expected.append(model_pass(zone, young_pages(um, m.mem), cache_count == "anon"))
+        return result
+
+    zone.wake = spy
+    m.run(run.ops)
+    assert len(expected) == run.sizes["passes"] >= 4
+    bounds = starts + [len(zone.visited)]
+    revisits = partial = 0
+    for i, want in enumerate(expected):
+        got = zone.visited[bounds[i]:bounds[i + 1]]
+        assert got == want
+        cache = [p for b, p in got if b >= 16]
+        assert all(um.is_cache[p] for p in cache)
+        assert all(not um.is_cache[p] for b, p in got if b < 16)
+        revisits += len(cache) - len(set(cache))
+        partial += 0 < len(set(cache)) < um.cache_pages
+    if cache_count == "anon":
+        assert revisits > 0 and partial > 0  # both sides of the quirk occur
+    else:
+        assert revisits == 0
+
+
+@pytest.mark.parametrize("cache,quirk", [(0.25, True), (0.75, True), (0.25, False)])
+def test_kscand_cache_pass_count(cache: float, quirk: bool) -> None:
+    """The cache pass alone on the initial lists (every page in bucket 3 of its list), with the
+    A bit cleared on most cache ptes: with the quirk cache bucket 3 is scanned
+    active_anon_count[3] times -- more than its length (re-visits of the rotated pages) with
+    cache=0.25, fewer (the tail end only) with cache=0.75; with HEAD's count each page once."""
+    w = make_workload("kscand", {**QUICK, "cache": cache, "shared": 0.5, "mappings": 3,
+                                 "cache_count": "anon" if quirk else "cache"})
+    run = w.build(random.Random(6))
+    zone = w.last_scanner
+    zone.record = True
+    um, mem = zone.um, run.guest.mem
+    n_anon, n_cache = zone.count[3], zone.count[16 + 3]
+    assert n_anon + n_cache == um.pages and sum(zone.count) == um.pages
+    tail_first = zone.bucket(16 + 3)
+    assert len(tail_first) == n_cache == um.cache_pages and n_anon != n_cache
+    # Keep every 7th cache page young (it is promoted at its first visit); clear the others.
+    young = set(tail_first[::7])
+    for p in tail_first:
+        if p not in young:
+            gpas = um.chain[p * 3:p * 3 + 3] if p < um.shared_pages else [um.pte_gpa[p]]
+            for g in gpas:
+                mem.write32(g, mem.read32(g) & ~0x20)
+    m = NativeMachine(mem, run.guest.mode, run.cr3s)
+    ops = [op for visit in zone._pass(False, True) for op in visit for _ in [m.step(op)]]
+    count = n_anon if quirk else n_cache
+    # scan_active_list by hand: `count` takes from the tail; the list never empties here.
+    want, order, left = [], list(tail_first), set(young)
+    i = 0
+    while len(want) < count:
+        p = order[i]
+        i += 1
+        want.append(p)
+        if p in left:
+            left.discard(p)
+        else:
+            order.append(p)
+    assert zone.visited == [(16 + 3, p) for p in want]
+    visits = len(zone.visited)
+    distinct = len(set(want))
+    assert visits == count
+    if quirk and cache == 0.25:
+        assert visits > n_cache and distinct == n_cache and visits - distinct == n_anon - n_cache
+    elif quirk:
+        assert visits < n_cache and distinct == visits == n_anon
+    else:
+        assert visits == distinct == n_cache
+    # page_referenced per visit: a chain page btr's its 3 ptes; a direct page loads its pte and
+    # btr's it only if young (first visits of the young pages).
+    chain_visits = sum(1 for p in want if p < um.shared_pages)
+    direct_young = sum(1 for p in set(want) & young if p >= um.shared_pages)
+    btrs = sum(1 for op in ops if op[0] == BTR)
+    loads = sum(1 for op in ops if op[0] == LOAD and op[2] >= PAGE_OFFSET)
+    assert chain_visits and (direct_young or cache == 0.75)  # 0.75: the tail is all chained
+    assert btrs == 3 * chain_visits + direct_young
+    assert loads == visits - chain_visits
+    # Promoted pages went to cache bucket 7, the rest stayed in bucket 3; anon lists untouched.
+    promoted = set(want) & young
+    assert set(zone.bucket(16 + 7)) == promoted
+    assert zone.count[16 + 3] == n_cache - len(promoted) and zone.count[3] == n_anon
 
 
 def test_kscand_btr_on_every_mapping_of_a_shared_page() -> None:
@@ -134,6 +307,10 @@ def test_different_seed_different_stream() -> None:
 
 CASES = [(name, {}) for name in ALL] + [
     ("kscand", {"cpus": 3, "pae": False, "kernel": "2.6.20"}),
+    # cache pages scanned with 47.EL's anon count (re-visits, partial buckets) and with HEAD's
+    ("kscand", {"cpus": 2, "seconds": 3.0, "pressure": 6.0}),
+    ("kscand", {"cpus": 2, "pressure": 4.0, "cache": 0.5, "shared": 0.3,
+                "cache_count": "cache", "pae": False}),
     ("linear-scan", {"cpus": 2, "kernel": "rhel3-debug", "pattern": "uniform"}),
     ("kmap", {"tables": "same", "kernel": "2.6.12", "debug_highmem": True}),
     ("fork-exit", {"cpus": 2, "pae": False, "kernel": "2.6.20"}),
@@ -174,6 +351,8 @@ def test_kscand_default_sizes() -> None:
     ("kscand", {"pattern": "lackey:/nonexistent/trace"}, "does not exist"),
     ("kscand", {"mappings": 9, "processes": 4}, "mappings"),
     ("kscand", {"shared": 1.5}, "shared"),
+    ("kscand", {"cache": -0.1}, "cache"),
+    ("kscand", {"cache_count": "both"}, "cache_count"),
     ("kscand", {"kernel": "rhel3", "debug_highmem": True}, "debug_highmem"),
     ("kmap", {"tables": "other"}, "tables"),
     ("linear-scan", {"seconds": 0}, "seconds"),

@@ -182,6 +182,12 @@ class AgingZone(Scanner):
         # need_active_cache_scan reads only cache counts, which the anon pass does not change,
         # so testing both now is the same as testing the cache lists after the anon pass.
         anon, cache = self._need_scan(ANON), self._need_scan(CACHE)
+        if cache and not anon and self.quirk:
+            # Without an anon pass the anon counts the cache pass reads are today's: if every
+            # non-empty cache bucket meets an anon count of 0, the pass visits nothing and emits
+            # nothing (no MARK; CPU 0's process keeps its jiffy).
+            count = self.count
+            cache = any(count[CACHE + a] and count[ANON + a] for a in range(MAX_AGE))
         if anon or cache:
             scan = (self._pass(anon, cache), self._estimate(anon, cache))
         iv = self.age_interval

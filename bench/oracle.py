@@ -37,9 +37,8 @@ from typing import NamedTuple
 from bench.costs import CostProfile
 from bench.errors import BenchError
 from bench.machine.memory import GuestMemory
-from bench.machine.native import NativeMachine, apply_write, count_native
-from bench.machine.paging import ADDR_MASK_PAE, Mode, walk
-from bench.ops import BTR, BTS, CR3, LOAD, MARK, PAGE_OFFSET, STORE
+from bench.machine.native import NativeMachine
+from bench.machine.paging import ADDR_MASK_PAE, Mode
 from bench.workload import GuestRun
 
 RECORD_VERSION = 1
@@ -165,30 +164,11 @@ class Recorder(NativeMachine):
                 self._roots.add(key)
                 self.trace.creates += 1
 
-    # -- execution -----------------------------------------------------------------------------
-    def step(self, op: tuple) -> None:
-        kind, cpu, addr, arg, value = op[0], op[1], op[2], op[3], op[4]
-        c = self.counters
-        count_native(c, kind, arg)
-        if kind == LOAD or kind == STORE or kind == BTR or kind == BTS:
-            write = kind != LOAD
-            user = addr < PAGE_OFFSET
-            w = walk(self.mem, self.mode, self.cr3[cpu], addr, write, user)
-            if w is None:
-                c.native_page_fault += 1
-                return
-            self._use(w, write, user)
-            if write:
-                gpa = (w.gfn << 12) | (addr & 0xFFF)
-                apply_write(self.mem, gpa, kind, arg, value)
-                self._write(gpa)
-        elif kind == CR3:
-            self.cr3[cpu] = addr
-            self._note_roots(addr)
-        elif kind == MARK:
-            self.marks.append((arg, c.as_dict()))
+    # -- observation (NativeMachine's hooks) -------------------------------------------------
+    def _loaded_cr3(self, cr3: int) -> None:
+        self._note_roots(cr3)
 
-    def _use(self, w, write: bool, user: bool) -> None:
+    def _walked(self, w, write: bool, user: bool) -> None:
         trace = self.trace
         if w.pd_gfn in self._tables:
             trace.violations += 1  # a frame used both as a leaf table and a directory
@@ -230,7 +210,7 @@ class Recorder(NativeMachine):
             t.touched.add(index)
             t.cleared.discard(index)  # the use installs its spte
 
-    def _write(self, gpa: int) -> None:
+    def _written(self, gpa: int) -> None:
         t = self._tables.get(gpa >> 12)
         if t is None:
             return  # not a page table in use: nothing write-protects it

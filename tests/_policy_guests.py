@@ -62,7 +62,6 @@ def random_ops(rng: random.Random, rg: RandomGuest, n: int) -> list[tuple]:
     sequences, kernel pte updates with their flushes, invlpg and cr3 loads."""
     guest = rg.guest
     pae = guest.pae
-    esize = guest.mode.entry_size
     cpus = guest.cpus
     cur = list(rg.cr3s)
     by_cr3 = {p.cr3: p for p in rg.procs}

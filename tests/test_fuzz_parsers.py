@@ -162,7 +162,7 @@ def test_results_files(results_text, data):
             key, child = data.draw(st.sampled_from(children))
             if not isinstance(child, (dict, list)):
                 break
-            parent, node = node, child
+            _parent, node = node, child
         target = node if isinstance(node, (dict, list)) and key is not None else doc
         if isinstance(target, dict) and target:
             k = data.draw(st.sampled_from(sorted(target)))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from bench.errors import BenchError
-from bench.machine.native import NativeMachine
 from bench.machine.shadow import ShadowMachine
 from bench.registry import make_policy
 from bench.trace import read_trace, write_trace

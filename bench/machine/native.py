@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from bench.errors import BenchError
 from bench.machine.counters import Counters
 from bench.machine.memory import GuestMemory
-from bench.machine.paging import Mode, walk
+from bench.machine.paging import Mode, Walk, walk
 from bench.ops import BTR, BTS, COMPUTE, CR3, INVLPG, LOAD, MARK, PAGE_OFFSET, STORE
 
 
@@ -61,7 +61,7 @@ def check_op(kind: int, cpu: int, addr: int, arg: int, cpus: int) -> None:
             raise BenchError(f"access at {addr:#x} of {arg} bytes crosses a page boundary")
     elif kind in (BTR, BTS):
         if addr & 3 or not 0 <= arg < 32:
-            raise BenchError(f"locked bit operation needs a 4-byte aligned address and bit 0..31")
+            raise BenchError("locked bit operation needs a 4-byte aligned address and bit 0..31")
     elif kind == COMPUTE and arg < 0:
         raise BenchError(f"compute cycles must not be negative, got {arg}")
 
@@ -82,15 +82,31 @@ class NativeMachine:
         count_native(c, kind, arg)
         if kind == LOAD or kind == STORE or kind == BTR or kind == BTS:
             write = kind != LOAD
-            w = walk(self.mem, self.mode, self.cr3[cpu], addr, write, addr < PAGE_OFFSET)
+            user = addr < PAGE_OFFSET
+            w = walk(self.mem, self.mode, self.cr3[cpu], addr, write, user)
             if w is None:
                 c.native_page_fault += 1
-            elif write:
-                apply_write(self.mem, (w.gfn << 12) | (addr & 0xFFF), kind, arg, value)
+                return
+            self._walked(w, write, user)
+            if write:
+                gpa = (w.gfn << 12) | (addr & 0xFFF)
+                apply_write(self.mem, gpa, kind, arg, value)
+                self._written(gpa)
         elif kind == CR3:
             self.cr3[cpu] = addr
+            self._loaded_cr3(addr)
         elif kind == MARK:
             self.marks.append((arg, c.as_dict()))
+
+    # observation points for subclasses that record the run (bench.oracle.Recorder)
+    def _walked(self, w: Walk, write: bool, user: bool) -> None:
+        """A successful guest walk (before the write it translated, if any)."""
+
+    def _written(self, gpa: int) -> None:
+        """A write reached guest memory at ``gpa``."""
+
+    def _loaded_cr3(self, cr3: int) -> None:
+        """The vCPU loaded ``cr3``."""
 
     def run(self, ops: Iterable[tuple]) -> Counters:
         step = self.step

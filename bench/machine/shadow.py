@@ -565,7 +565,9 @@ class ShadowMachine:
             return False
         walk(self.mem, self.mode, self.cr3[cpu], addr, write, user)
         self.batch[cpu] -= 1
-        self.counters.insn_emulation_extra += 1
+        c = self.counters
+        c.insn_emulation_extra += 1
+        count_native(c, kind, arg)  # the guest executes it all the same
         if write:
             gpa = (w.gfn << 12) | (addr & 0xFFF)
             if self._protected(w.gfn):

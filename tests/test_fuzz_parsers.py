@@ -53,7 +53,7 @@ def mutated(draw, seed: str) -> str:
     return s
 
 
-def parses_or_bench_error(fn, *args) -> None:
+def check_parses_or_bench_error(fn, *args) -> None:
     try:
         fn(*args)
     except BenchError as err:
@@ -68,9 +68,9 @@ def tiny(monkeypatch):
 @FUZZ
 @given(st.one_of(text, mutated("flood-count:threshold=3,window=2"), mutated("tiny:pages=4")))
 def test_spec_and_assignment(line):
-    parses_or_bench_error(parse_spec, line)
-    parses_or_bench_error(parse_assignment, line)
-    parses_or_bench_error(experiment.parse_grid, [line])
+    check_parses_or_bench_error(parse_spec, line)
+    check_parses_or_bench_error(parse_assignment, line)
+    check_parses_or_bench_error(experiment.parse_grid, [line])
 
 
 @FUZZ
@@ -84,7 +84,7 @@ def test_whole_experiments_from_the_command_line(tiny, specs, sets, grid):
         experiment.build(["always-emulate"], specs, sets, False, 1, costs.DEFAULT_PROFILE, g)
         experiment.build(specs, ["tiny"], sets, False, 1)
 
-    parses_or_bench_error(build)
+    check_parses_or_bench_error(build)
 
 
 TOML_SEED = ('policies = ["always-emulate", "always-unshadow"]\nworkloads = ["tiny"]\n'
@@ -173,7 +173,7 @@ def test_results_files(results_text, data):
         elif isinstance(target, list) and target:
             target[data.draw(st.integers(0, len(target) - 1))] = data.draw(JSON_VALUES)
         candidate = json.dumps(doc)
-    parses_or_bench_error(use, candidate)
+    check_parses_or_bench_error(use, candidate)
 
 
 def _optional(module: str):
@@ -193,7 +193,7 @@ TRACE_SEED = ("shadowbench-trace 1\nmode nonpae\ncpus 1\ntable 0x400\nword 0x400
 @FUZZ
 @given(st.one_of(text, mutated(TRACE_SEED)))
 def test_operation_traces(raw):
-    parses_or_bench_error(trace_mod.parse_op, raw.split("\n")[-1], "t:1", 2)
+    check_parses_or_bench_error(trace_mod.parse_op, raw.split("\n")[-1], "t:1", 2)
     with tempfile.NamedTemporaryFile("w", suffix=".trace", delete=False, encoding="utf-8",
                                      errors="surrogatepass") as handle:
         handle.write(raw)
@@ -227,6 +227,6 @@ def test_lackey_traces(raw):
                                      errors="surrogatepass") as handle:
         handle.write(raw)
     try:
-        parses_or_bench_error(users_mod.read_lackey, handle.name)
+        check_parses_or_bench_error(users_mod.read_lackey, handle.name)
     finally:
         os.unlink(handle.name)

@@ -52,8 +52,7 @@ class MMUConfig:
     ``intercept_invlpg``: invlpg exits (KVM 2.6.28 with out-of-sync pages; 2.6.27 VMX did not
     intercept it). ``invlpg_drops_spte``: the invlpg handler drops the leaf spte (2.6.28).
     ``sync_on_cr3``: a cr3 load resynchronises the unsync pages reachable from the new root
-    (kvm_mmu_sync_roots, 2.6.28). ``quadrants``: the 2.6.26 quadrant filter for non-PAE guests
-    (2.6.20 has none). ``tdp``: two-dimensional paging (EPT/NPT): no shadow pages at all.
+    (kvm_mmu_sync_roots, 2.6.28). ``tdp``: two-dimensional paging (EPT/NPT): no shadow pages at all.
     ``tlb_entries``: the per-vCPU TLB size modelled under ``tdp``.
     """
 
@@ -62,7 +61,6 @@ class MMUConfig:
     intercept_invlpg: bool = False
     invlpg_drops_spte: bool = False
     sync_on_cr3: bool = False
-    quadrants: bool = True
     tdp: bool = False
     tlb_entries: int = 64
 

@@ -30,8 +30,8 @@ inferred for 2.6.26/27) and so goes through this detector; 2.6.20 has no such ca
 check of later kernels is skipped for non-guest-initiated writes (``guest_initiated``, seen in
 ~2.6.32 copies); whether 2.6.27 had that is not verified, so it is not modelled. The machine's
 mechanism is K26's; the 2.6.20 variant switches off the in-place spte update and the walker's
-kvm_mmu_pte_write call (MMUConfig) and asks for no quadrant filter (docs/model.md: the core keeps
-the filter).
+kvm_mmu_pte_write call (MMUConfig); 2.6.20 also had no quadrant filter, which the executor keeps
+for every variant (docs/model.md).
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ class FloodCount(Policy):
 
     def mmu_config(self, pae: bool) -> MMUConfig:
         if self._v20:
-            return MMUConfig(update_spte_on_write=False, dirty_bit_pte_write=False,
-                             quadrants=False)
+            # 2.6.20 had no quadrant filter either; the executor keeps it (docs/model.md)
+            return MMUConfig(update_spte_on_write=False, dirty_bit_pte_write=False)
         return MMUConfig()
 
     # -- decisions ------------------------------------------------------------------------------

@@ -140,3 +140,23 @@ def test_unshadowing_an_in_use_root_falls_back_to_emulation():
                      "exit_ptwrite_emulate": 1, "insn_emulation": 1, "mmu_pte_write": 1,
                      "mmu_pde_zapped": 2, "mmu_shadow_zapped": 4, "mmu_cache_miss": 5,
                      "native_store": 1}
+
+
+def test_write_spanning_two_gptes_zaps_the_table():
+    s = kmap_scenario(False)
+    shadow, native = _machines(s, "always-emulate")
+    g = s.guest
+    second = g.alloc_high()
+    g.set_pte_direct(s.proc, USER_VA + 0x1000, second)
+    _run(shadow, native, _warm(s) + [O.load(0, USER_VA + 0x1000)] + s.kmap_2620())
+    # an 8-byte store over two non-PAE ptes through the kmap slot: KVM rebuilds only the spte a
+    # write falls in, so a write spanning two gptes zaps the table (the "misaligned" rule, K20
+    # and later) even under always-emulate; the user's next loads refault
+    value = ((second << 12) | 0x67) << 32 | ((second << 12) | 0x67)
+    delta = _delta(shadow, [O.store(0, s.slot_vaddr + (s.pte_gpa & 0xFFF), 8, value)], native)
+    # both ptes lie in the same 2 MiB half, so the table has one shadow page (quadrant 0)
+    assert delta["exit_ptwrite_emulate"] == 1 and delta["mmu_flooded"] == 1
+    assert delta["mmu_shadow_zapped"] == 1
+    delta = _delta(shadow, [O.load(0, USER_VA), O.load(0, USER_VA + 0x1000)], native)
+    assert delta["exit_hidden_fault"] == 2 and delta["mmu_cache_miss"] == 1
+    assert shadow.mem.image() == native.mem.image()

@@ -93,9 +93,13 @@ class WriteFault:
 
     @property
     def clears_accessed(self) -> bool:
-        """A btr of bit 5 on a present gpte whose accessed bit is set: ptep_test_and_clear_young."""
-        return (self.insn == "btr" and self.bit == 5 and self.old_gpte & 1 == 1
-                and self.old_gpte & 0x20 != 0)
+        """ptep_test_and_clear_young on a present gpte: a btr of bit 5 (``lock btrl $5``).
+
+        Recognised by the instruction, as the seed discussion proposes ("once we detected it from
+        the eip address"), whether or not the bit was set: page_referenced clears every mapping of
+        a pte_chain page unconditionally, young or not (R3 mm/rmap.c).
+        """
+        return self.insn == "btr" and self.bit == 5 and self.old_gpte & 1 == 1
 
 
 @dataclass(slots=True)

@@ -9,7 +9,9 @@ trapping instruction the emulator does not flag as page-table writing, and btr i
 (commit 1cb3f3ae5a38; K36 emulate.c group8, domain.md 3.3).
 
 Rule: a trapping write that clears the accessed bit of a present guest pte (``lock btrl $5``,
-ptep_test_and_clear_young: ``WriteFault.clears_accessed``) is answered with
+ptep_test_and_clear_young: ``WriteFault.clears_accessed``, recognised by the instruction whether
+or not the bit was set, as page_referenced clears every pte_chain mapping unconditionally) is
+answered with
 ``Decision.UNSHADOW_NATIVE`` (zap every shadow page of the gfn, make the spte the write went
 through writable in the same exit, run the instruction natively). Every other trapping write,
 and every other hook (``on_pte_write`` for the writes that are emulated, ``extra_emulation``,

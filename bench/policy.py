@@ -129,6 +129,15 @@ class PteWrite:
         return bool((self.offset ^ (self.offset + self.bytes - 1)) & ~(self.pte_size - 1))
 
 
+class ShadowPageView(Protocol):
+    """What a policy sees of one shadow page (K36 struct kvm_mmu_page, reduced)."""
+
+    gfn: int
+    level: int
+    quadrant: int
+    write_flooding_count: int
+
+
 class MMUView(Protocol):
     """What a policy may ask of, or ask from, the shadow MMU."""
 
@@ -185,6 +194,14 @@ class Policy:
     def on_pte_write(self, write: PteWrite) -> bool:
         """An emulated write reached kvm_mmu_pte_write: True zaps every shadow page of the gfn
         (KVM's ``misaligned || flooded``) instead of updating the spte."""
+        return False
+
+    def on_pte_write_page(self, write: PteWrite, page: ShadowPageView) -> bool:
+        """The same write, asked once per shadow page of the gfn (before the quadrant filter, as
+        KVM 3.x's detect_write_flooding(sp)): True zaps just that page. The page carries its
+        ``write_flooding_count``, which the MMU clears whenever a fault's walk passes through the
+        page or kvm_mmu_get_page finds it (K36 mmu.c); the policy counts. Not called unless a
+        policy overrides it."""
         return False
 
     def extra_emulation(self, write: PteWrite) -> int:

@@ -14,7 +14,8 @@ import difflib
 from typing import Any
 
 from bench.params import Param
-from bench.policy import NOTIFICATION_HOOKS, Decision, MMUConfig, MMUView, Policy, PteWrite, WriteFault
+from bench.policy import (NOTIFICATION_HOOKS, Decision, MMUConfig, MMUView, Policy, PteWrite,
+                          ShadowPageView, WriteFault)
 
 
 def fallback_param(owner: str, default: str, help_text: str) -> Param:
@@ -72,6 +73,9 @@ class ComposedPolicy(Policy):
 
     def on_pte_write(self, write: PteWrite) -> bool:
         return self.fallback_policy.on_pte_write(write)
+
+    def on_pte_write_page(self, write: PteWrite, page: ShadowPageView) -> bool:
+        return self.fallback_policy.on_pte_write_page(write, page)
 
     def extra_emulation(self, write: PteWrite) -> int:
         return self.fallback_policy.extra_emulation(write)

@@ -17,24 +17,19 @@ This policy runs on the 2.6.26 mechanism, where nothing else ever relieves a lea
 discussion's per-page pte history is precisely about leaf tables (the user ptes kscand clears),
 so ``include_leaf`` (default true) counts them too; ``include_leaf=false`` is the literal 3.x rule.
 
-Modelling choices (each a limit of the policy interface, see docs/policies.md):
-- the mechanism is K26's (MMUConfig()), so the only difference from flood-count 2.6.26 is the
-  detector. The walker's dirty-bit update, which 3.x never passes to kvm_mmu_pte_write (>=2.6.31
-  sets D with cmpxchg_gpte only), is not counted;
-- counts are kept per (gfn, level): the hooks do not name the quadrant, so the two level-1 (or
-  four level-2) shadow pages of one non-PAE table share a count, and a direct (large-page) shadow
-  page walked at (gfn, 1) clears the count of a leaf table at the same gfn;
-- ``on_pte_write`` zaps every shadow page of the gfn, where 3.x zaps only the flooded one;
-- the hash-hit clear is seen only through the fault walk (on_shadow_walk); a hit at a cr3 load
-  (mmu_alloc_roots) does not clear the root's count.
+The count lives in each shadow page (``write_flooding_count``), as in 3.x: the MMU clears it on
+the fault path and on hash hits (cr3 loads included), the policy counts it per shadow page in
+``on_pte_write_page`` (asked for every shadow page of the gfn, before the quadrant filter, as
+kvm_mmu_pte_write does), and only the flooded page is zapped. The mechanism otherwise is K26's
+(MMUConfig()), so the only difference from flood-count 2.6.26 is the detector. The walker's
+dirty-bit update, which 3.x never passes to kvm_mmu_pte_write (>=2.6.31 sets D with
+cmpxchg_gpte only), is not counted.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from bench.params import Param
-from bench.policy import MMUConfig, Policy, PteWrite
+from bench.policy import MMUConfig, Policy, PteWrite, ShadowPageView
 
 
 class PerPageFlood(Policy):
@@ -52,39 +47,20 @@ class PerPageFlood(Policy):
                               "because they go out of sync there"),
     }
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        self._counts: dict[tuple[int, int], int] = {}
-
     def mmu_config(self, pae: bool) -> MMUConfig:
         return MMUConfig()
 
-
-    def on_pte_write(self, write: PteWrite) -> bool:
+    def on_pte_write_page(self, write: PteWrite, page: ShadowPageView) -> bool:
+        """detect_write_misaligned(sp) || detect_write_flooding(sp), for one shadow page."""
         if write.walker:
             return False  # 3.x walk_addr sets D without kvm_mmu_pte_write
         if not (write.bytes == 1 and write.offset % write.pte_size == 0):
             if write.misaligned or write.bytes < 4:
-                return True  # detect_write_misaligned short-circuits the flood count
-        gfn = write.gfn
-        flooded = False
-        counts = self._counts
-        for level in set(self.mmu.shadow_levels(gfn)):
-            if level == 1 and not self.include_leaf:
-                continue
-            key = (gfn, level)
-            count = counts.get(key, 0) + 1
-            counts[key] = count
-            if count >= self.threshold:
-                flooded = True
-        return flooded
-
-    def on_shadow_walk(self, cpu: int, level: int, gfn: int) -> None:
-        if self._counts:
-            self._counts.pop((gfn, level), None)  # clear_sp_write_flooding_count
-
-    def on_zap(self, gfn: int, level: int) -> None:
-        self._counts.pop((gfn, level), None)  # the next shadow page of (gfn, level) starts at 0
+                return True  # misaligned short-circuits: the flood count is not incremented
+        if page.level == 1 and not self.include_leaf:
+            return False
+        page.write_flooding_count += 1
+        return page.write_flooding_count >= self.threshold
 
 
 POLICY = PerPageFlood

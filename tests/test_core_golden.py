@@ -160,3 +160,32 @@ def test_write_spanning_two_gptes_zaps_the_table():
     delta = _delta(shadow, [O.load(0, USER_VA), O.load(0, USER_VA + 0x1000)], native)
     assert delta["exit_hidden_fault"] == 2 and delta["mmu_cache_miss"] == 1
     assert shadow.mem.image() == native.mem.image()
+
+
+def test_per_page_flood_counts_each_shadow_page_apart():
+    s = kmap_scenario(False)
+    g = s.guest
+    upper = USER_VA + 0x200000  # bit 21 set: the table's second 2 MiB, its quadrant-1 page
+    for va in (USER_VA + 0x1000, USER_VA + 0x2000, upper, upper + 0x1000):
+        g.set_pte_direct(s.proc, va, g.alloc_high())
+    shadow, native = _machines(s, "per-page-flood")
+    _run(shadow, native, _warm(s) + [O.load(0, va) for va in
+                                     (USER_VA + 0x1000, USER_VA + 0x2000, upper)])
+    table = s.table_gfn
+    assert sorted(sp.quadrant for sp in shadow.by_gfn[table]) == [0, 1]
+
+    def btr(va):
+        return [O.btr(0, s.slot_vaddr + ((va >> 12) & 0x3FF) * 4, 5)]  # its pte, via the slot
+
+    # K36 kvm_mmu_pte_write asks detect_write_flooding(sp) for every shadow page of the gfn,
+    # before the quadrant filter: two btrs on quadrant-0 ptes count 2 in both pages; a fault
+    # walk through the quadrant-1 page clears its count only; the third btr floods quadrant 0
+    # alone, and only that page is zapped.
+    _run(shadow, native, s.kmap_2620() + btr(USER_VA) + btr(USER_VA + 0x1000))
+    pages = sorted(shadow.by_gfn[table], key=lambda p: p.quadrant)
+    assert [sp.write_flooding_count for sp in pages] == [2, 2]
+    _run(shadow, native, [O.load(0, upper + 0x1000)])
+    delta = _delta(shadow, btr(USER_VA + 0x2000), native)
+    assert delta["mmu_flooded"] == 1 and delta["mmu_shadow_zapped"] == 1
+    assert [sp.quadrant for sp in shadow.by_gfn[table]] == [1]
+    assert shadow.by_gfn[table][0].write_flooding_count == 1

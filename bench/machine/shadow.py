@@ -46,7 +46,7 @@ class ShadowPage:
     """kvm_mmu_page: one 512-entry shadow table for (gfn, level, quadrant, direct)."""
 
     __slots__ = ("gfn", "level", "quadrant", "direct", "sptes", "children", "parents",
-                 "unsync", "root_count", "invalid", "zapped")
+                 "unsync", "root_count", "invalid", "zapped", "write_flooding_count")
 
     def __init__(self, gfn: int, level: int, quadrant: int, direct: bool) -> None:
         self.gfn = gfn
@@ -60,6 +60,7 @@ class ShadowPage:
         self.root_count = 0
         self.invalid = False
         self.zapped = False
+        self.write_flooding_count = 0  # K36: counted by the policy, cleared by the MMU
 
     @property
     def key(self) -> tuple[int, int, int, bool]:
@@ -98,6 +99,8 @@ class ShadowMachine:
         self._policy_unsyncs = overridden(policy, "unsync_on_map")
         self._decides_writes = overridden(policy, "on_write_fault")
         self._batches = overridden(policy, "extra_emulation")
+        self._flood_page = policy.on_pte_write_page if overridden(policy, "on_pte_write_page") \
+            else None
         self._hooks = {h: getattr(policy, h) for h in NOTIFICATION_HOOKS if overridden(policy, h)}
         self._on_spte_set = self._hooks.get("on_spte_set")
         self._on_shadow_walk = self._hooks.get("on_shadow_walk")
@@ -250,6 +253,7 @@ class ShadowMachine:
             if root is None:
                 raise BenchError(f"no shadow root for {vaddr:#x}: the guest changed its PDPT "
                                  "without reloading cr3")
+        root.write_flooding_count = 0  # K36 FNAME(fetch): every page on the fault's path
         walk_hook = self._on_shadow_walk
         if walk_hook:
             walk_hook(cpu, root.level, root.gfn)
@@ -263,6 +267,7 @@ class ShadowMachine:
                 child = self._get_page(w.pt_gfn, 1, quadrant, False)
             root.children[i2] = child
             child.parents.add((root, i2))
+        child.write_flooding_count = 0
         if walk_hook:
             walk_hook(cpu, child.level, child.gfn)
         ptwrite = self._set_spte(cpu, child, (vaddr >> 12) & 0x1FF, w.gfn, w.writable, w.dirty,
@@ -278,6 +283,7 @@ class ShadowMachine:
         key = (gfn, level, quadrant, direct)
         sp = self.pages.get(key)
         if sp is not None:
+            sp.write_flooding_count = 0  # K36 __clear_sp_write_flooding_count on a hash hit
             return sp
         self.counters.mmu_cache_miss += 1
         sp = ShadowPage(gfn, level, quadrant, direct)
@@ -503,10 +509,11 @@ class ShadowMachine:
         if not sps:
             return write
         update = self.cfg.update_spte_on_write
+        flood_page = self._flood_page
         for sp in list(sps):
             if sp.zapped:
                 continue  # zapped earlier in this loop
-            if zap:
+            if zap or (flood_page is not None and flood_page(write, sp)):
                 self._zap_page(sp)
                 c.mmu_flooded += 1
                 continue

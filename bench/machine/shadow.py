@@ -46,7 +46,7 @@ class ShadowPage:
     """kvm_mmu_page: one 512-entry shadow table for (gfn, level, quadrant, direct)."""
 
     __slots__ = ("gfn", "level", "quadrant", "direct", "sptes", "children", "parents",
-                 "unsync", "root_count", "invalid", "zapped", "write_flooding_count")
+                 "unsync", "root_count", "zapped", "write_flooding_count")
 
     def __init__(self, gfn: int, level: int, quadrant: int, direct: bool) -> None:
         self.gfn = gfn
@@ -58,7 +58,6 @@ class ShadowPage:
         self.parents: set[tuple[ShadowPage, int]] = set()
         self.unsync = False
         self.root_count = 0
-        self.invalid = False
         self.zapped = False
         self.write_flooding_count = 0  # K36: counted by the policy, cleared by the MMU
 
@@ -615,7 +614,6 @@ class ShadowMachine:
         if sp.root_count:
             # an in-use root is invalidated and every vCPU reloads its roots before the next
             # entry (kvm_reload_remote_mmus); here the vCPUs using it reload at their next fault
-            sp.invalid = True
             for cpu, roots in enumerate(self.roots):
                 for i, root in enumerate(roots):
                     if root is sp:

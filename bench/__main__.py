@@ -157,9 +157,7 @@ def execute(args: argparse.Namespace, experiment: exp.Experiment, out: str,
     started = results.now()
     progress = None if args.no_progress else Progress()
     outcome = runner.execute(experiment, out, jobs, reuse=reuse, progress=progress)
-    notes = []
-    if outcome.oracle_missing:
-        notes.append("bench/oracle.py is missing: opt_ratio is left empty")
+    notes: list[str] = []
     with Deferred() as deferred:
         volatile = {
             "command": ["python", "-m", "bench"] + list(args.argv),

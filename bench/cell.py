@@ -52,10 +52,16 @@ def count_ops(ops, step) -> int:
 
 def run_cell(policy_spec: str | tuple[str, dict[str, Any]] | None, workload: str,
              params: dict[str, Any], seed: int, check: bool = False) -> CellResult:
-    """Simulate one cell. ``policy_spec`` None runs natively. ``check`` runs the invariant checker
-    after every operation (slow; for tests)."""
-    run = build_run(workload, params, seed)
+    """Simulate one cell. ``policy_spec`` None runs natively. A policy that replays the run
+    (``needs_trace``, the oracle) is handed the run's native recording first. ``check`` runs the
+    invariant checker after every operation (slow; for tests)."""
     policy = None if policy_spec is None else make_policy(policy_spec)
+    if getattr(policy, "needs_trace", False):
+        # a replaying policy (the oracle) gets the native recording of the same guest run first
+        from bench import oracle
+
+        policy.use_trace(oracle.trace(build_run(workload, params, seed)))
+    run = build_run(workload, params, seed)
     machine = executor_for(run, policy)
     if check and isinstance(machine, ShadowMachine):
         from bench.machine.invariants import check_shadow

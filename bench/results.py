@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import bench
-from bench import costs
+from bench import costs, oracle
 from bench.errors import BenchError
 from bench.experiment import Experiment
 from bench.files import atomic_write, atomic_write_text
@@ -65,22 +65,13 @@ def _finite(x: float) -> float | None:
     return x if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
-def oracle_module():
-    from bench.runner import oracle_module as find
-
-    return find()
-
-
 def opt_ratio(counters: dict[str, int], oracle_record: Any, profile: costs.CostProfile,
-              tdp: bool, oracle=None) -> float | None:
+              tdp: bool) -> float | None:
     """decision_cycles / optimum_cycles (bench.oracle.opt_ratio): None without an oracle record,
     with a zero optimum, or for a run outside the optimum's model (out-of-sync pages, batched
     emulation, two-dimensional paging)."""
     if oracle_record is None:
         return None
-    oracle = oracle or oracle_module()
-    if oracle is None:
-        raise BenchError("pricing opt_ratio needs bench/oracle.py, which this checkout lacks")
     try:
         return _finite(oracle.opt_ratio(counters, oracle_record, profile, tdp))
     except (TypeError, KeyError, ValueError, AttributeError, IndexError) as err:
@@ -94,8 +85,8 @@ def policy_uses_tdp(name: str, params: dict[str, Any], pae: bool) -> bool:
     return bool(make_policy((name, params)).mmu_config(pae).tdp)
 
 
-def price_record(record: dict[str, Any], profile: costs.CostProfile, oracles: dict[str, Any],
-                 oracle=None) -> None:
+def price_record(record: dict[str, Any], profile: costs.CostProfile,
+                 oracles: dict[str, Any]) -> None:
     """Fill a record's cycle fields from its counters (in place)."""
     priced = profile.price(record["counters"])
     record["native_cycles"] = priced["native_cycles"]
@@ -105,13 +96,12 @@ def price_record(record: dict[str, Any], profile: costs.CostProfile, oracles: di
     record["cycles_by_cause"] = dict(priced["cycles_by_cause"])
     digest = record.get("oracle")
     record["opt_ratio"] = opt_ratio(record["counters"], oracles.get(digest) if digest else None,
-                                    profile, record["tdp"], oracle)
+                                    profile, record["tdp"])
 
 
 def make_records(experiment: Experiment, cells: dict[str, dict[str, Any]],
                  oracles: dict[str, Any], profile: costs.CostProfile) -> list[dict[str, Any]]:
     """One priced record per finished cell, in the experiment's order."""
-    oracle = oracle_module() if oracles else None
     oracle_digest = {(id(c.workload), c.seed): c.digest() for c in experiment.oracle_cells()}
     records = []
     for cell in experiment.cells():
@@ -141,7 +131,7 @@ def make_records(experiment: Experiment, cells: dict[str, dict[str, Any]],
             "sizes": doc["sizes"],
             "marks": [{"phase": phase, "counters": c} for phase, c in doc["marks"]],
         }
-        price_record(record, profile, oracles, oracle)
+        price_record(record, profile, oracles)
         records.append(record)
     return records
 
@@ -181,9 +171,8 @@ def reprice(doc: dict[str, Any], profile: costs.CostProfile) -> dict[str, Any]:
     if meta.get("repriced_from") is None:
         meta["repriced_from"] = meta["cost_profile"]["name"]
     meta["cost_profile"] = profile.as_dict()
-    oracle = oracle_module() if out["oracles"] else None
     for record in out["records"]:
-        price_record(record, profile, out["oracles"], oracle)
+        price_record(record, profile, out["oracles"])
     meta["volatile"] = dict(meta.get("volatile") or {}, repriced=now())
     return out
 

@@ -21,8 +21,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from typing import Any
 
-import bench.registry as registry
-from bench.cell import CellResult, build_run, count_ops, executor_for, run_cell
+from bench import oracle
+from bench.cell import build_run, run_cell
 from bench.errors import BenchError
 from bench.experiment import Cell, Experiment
 from bench.files import atomic_write_text
@@ -55,27 +55,16 @@ class Outcome:
     reused: int = 0
     computed: int = 0
     interrupted: Interrupted | None = None
-    oracle_missing: bool = False
 
 
 # -- the work done in a worker -----------------------------------------------------------------
-def oracle_module():
-    """bench.oracle if it exists (another engineer is writing it), else None."""
-    try:
-        from bench import oracle
-    except ImportError:
-        return None
-    return oracle
-
-
 def compute(cell_key: dict[str, Any], digest: str, cells_dir: str) -> dict[str, Any]:
     """Simulate one cell (or record the oracle's view of one guest run) and store it."""
     if cell_key["kind"] == "oracle":
-        oracle = oracle_module()
         run = build_run(cell_key["workload"], cell_key["workload_params"], cell_key["seed"])
         payload: dict[str, Any] = {"oracle": oracle.record(run)}
     else:
-        result = simulate(cell_key["policy"], cell_key["policy_params"], cell_key["workload"],
+        result = run_cell((cell_key["policy"], cell_key["policy_params"]), cell_key["workload"],
                           cell_key["workload_params"], cell_key["seed"])
         payload = {
             "guest_ops": result.guest_ops,
@@ -87,24 +76,6 @@ def compute(cell_key: dict[str, Any], digest: str, cells_dir: str) -> dict[str, 
     text = json.dumps({"key": cell_key, **payload}, sort_keys=True)
     atomic_write_text(os.path.join(cells_dir, digest + ".json"), text)
     return json.loads(text)  # exactly what a later run reads back from the cache
-
-
-def simulate(policy: str, params: dict[str, Any], workload: str, wparams: dict[str, Any],
-             seed: int) -> CellResult:
-    """bench.cell.run_cell, plus the replaying policies (``needs_trace``, the oracle policy): they
-    get the run's native recording (bench.oracle.trace of a fresh build) before they run."""
-    if not getattr(registry.policy_class(policy), "needs_trace", False):
-        return run_cell((policy, params), workload, wparams, seed)
-    oracle = oracle_module()
-    if oracle is None:
-        raise BenchError(f"policy {policy} needs bench/oracle.py, which this checkout lacks")
-    instance = registry.make_policy((policy, params))
-    instance.use_trace(oracle.trace(build_run(workload, wparams, seed)))
-    run = build_run(workload, wparams, seed)
-    machine = executor_for(run, instance)
-    n = count_ops(run.ops, machine.step)
-    marks = list(machine.marks)
-    return CellResult(n - len(marks), machine.counters.as_dict(), marks, dict(run.sizes))
 
 
 def _worker_init() -> None:
@@ -203,12 +174,7 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
     os.makedirs(cells_dir, exist_ok=True)
     clean_temporaries(cells_dir)
     outcome = Outcome()
-    oracle = oracle_module()
-    wanted = list(experiment.cells())
-    if oracle is None:
-        outcome.oracle_missing = True
-    else:
-        wanted = experiment.oracle_cells() + wanted
+    wanted = experiment.oracle_cells() + list(experiment.cells())
     todo: list[Cell] = []
     for cell in wanted:
         doc = load_cached(cells_dir, cell) if reuse else None

@@ -88,17 +88,9 @@ class FloodCount(Policy):
         last_pte = self._last_pte.get(cpu)
         if self._v27 and last_pte is not None and self._last_pte_gfn.get(cpu) == gfn:
             self.mmu.mark_spte_accessed(last_pte)  # kvm_mmu_access_page (K27 mmu.c:1216)
-        flooded = False
-        if self._v20:
-            if gfn == self._last_gfn.get(cpu, 0):
-                count = self._count.get(cpu, 0) + 1
-                self._count[cpu] = count
-                flooded = count >= self.threshold
-            else:
-                self._last_gfn[cpu] = gfn
-                self._count[cpu] = 1
-            return flooded or write.misaligned
+        # 2.6.20 never records last_pte_updated (on_spte_set), so ``accessed`` stays false there
         accessed = last_pte is not None and self.mmu.spte_accessed(last_pte)
+        flooded = False
         if gfn == self._last_gfn.get(cpu, 0) and not accessed:
             count = self._count.get(cpu, 0) + 1
             self._count[cpu] = count
@@ -107,7 +99,8 @@ class FloodCount(Policy):
             self._last_gfn[cpu] = gfn
             self._count[cpu] = 1
             self._last_pte.pop(cpu, None)
-        return flooded or write.misaligned or write.bytes < 4
+        # the misaligned rule of every version (also applied by the MMU); 2.6.26 adds bytes < 4
+        return flooded or write.misaligned or (not self._v20 and write.bytes < 4)
 
     # -- notifications --------------------------------------------------------------------------
     def on_spte_set(self, cpu: int, ref: Any, speculative: bool, ptwrite: bool) -> None:

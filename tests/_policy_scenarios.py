@@ -37,6 +37,12 @@ class Kmap:
         low = O.store(cpu, pte_kva, 4, value & 0xFFFFFFFF)
         return [low, high] if gfn is None and clear_low_first else [high, low]
 
+    def warm_up(self) -> list[tuple]:
+        """Touch every user page (the table is shadowed), then kmap the table through KM_PTE0 and
+        btr pte 0 through it, so the fixmap table is shadowed too."""
+        return self.touch_all() + self.set_slot(self.table, KM_PTE0) + [
+            O.invlpg(0, self.slot(KM_PTE0)[0]), self.btr(0, KM_PTE0)]
+
     def btr(self, i: int, km_type: int = KM_PTE2, cpu: int = 0) -> tuple:
         """ptep_test_and_clear_young of pte i through the slot (which must map the table)."""
         vaddr, _ = self.slot(km_type, cpu)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from _policy_scenarios import KM_PTE0, KM_PTE1, KM_PTE2, USER_VA, kmap_guest, run
+from _policy_scenarios import KM_PTE1, KM_PTE2, USER_VA, kmap_guest, run
 from bench import ops as O
 from bench.errors import BenchError
 from bench.guest import USER_PTE, Guest
@@ -99,8 +99,7 @@ def test_flood_count_pae_kmap_then_btr_2626_vs_2627(variant):
     k = kmap_guest(True)
     m = k.machine(f"flood-count:variant={variant}")
     pol = m.policy
-    va0 = k.slot(KM_PTE0)[0]
-    run(m, k.touch_all() + k.set_slot(k.table, KM_PTE0) + [O.invlpg(0, va0), k.btr(0, KM_PTE0)])
+    run(m, k.warm_up())
     fixmap = k.guest.fixmap_pt
     w1, w2 = k.set_slot(k.table)
     run(m, [w1])
@@ -124,8 +123,8 @@ def test_flood_count_2627_records_only_speculative_sptes(variant, flooded):
     f: clear again: 2.6.26 count 3 -> F flooded; 2.6.27 count 2."""
     k = kmap_guest(False)
     m = k.machine(f"flood-count:variant={variant}")
-    va0, va2 = k.slot(KM_PTE0)[0], k.slot(KM_PTE2)[0]
-    run(m, k.touch_all() + k.set_slot(k.table, KM_PTE0) + [O.invlpg(0, va0), k.btr(0, KM_PTE0)])
+    va2 = k.slot(KM_PTE2)[0]
+    run(m, k.warm_up())
     ops = (k.set_slot(k.table, KM_PTE2) + [O.load(0, k.guest.kvaddr(0x800000))]
            + k.set_slot(None, KM_PTE1) + [O.load(0, va2)]
            + k.set_slot(None, KM_PTE1) + k.set_slot(None, KM_PTE1))
@@ -229,8 +228,7 @@ def test_accessed_clear_composes_with_xen_batch():
     second half is emulated in the same exit (xen-batch); the btr unshadows natively."""
     k = kmap_guest(True)
     m = k.machine("accessed-clear:fallback=xen-batch")
-    va0 = k.slot(KM_PTE0)[0]
-    run(m, k.touch_all() + k.set_slot(k.table, KM_PTE0) + [O.invlpg(0, va0), k.btr(0, KM_PTE0)])
+    run(m, k.warm_up())
     before = m.counters.as_dict()
     c = run(m, k.set_slot(k.table) + [O.invlpg(0, k.slot()[0])])
     assert c["exits"] - before["exits"] == 1
@@ -250,8 +248,7 @@ def test_xen_batch_pae_set_pte_is_one_exit(pae, extra_expected):
     Non-PAE with pae_only: nothing extra."""
     k = kmap_guest(pae)
     m = k.machine("xen-batch")
-    va0 = k.slot(KM_PTE0)[0]
-    run(m, k.touch_all() + k.set_slot(k.table, KM_PTE0) + [O.invlpg(0, va0), k.btr(0, KM_PTE0)])
+    run(m, k.warm_up())
     before = m.counters.as_dict()
     c = run(m, k.set_slot(k.table) + [O.invlpg(0, k.slot()[0])])
     assert c["exit_ptwrite_emulate"] - before["exit_ptwrite_emulate"] == 1

@@ -60,8 +60,7 @@ def test_document_has_provenance_and_one_record_per_cell(doc):
         assert r["guest_ops"] > 0 and r["sizes"]["pages"] == 6 and r["sizes"]["passes"] == 4
         assert [m["phase"] for m in r["marks"]] == [0, 1, 2, 3]
         assert r["marks"][-1]["counters"]["exits"] == r["counters"]["exits"]
-        if runner.oracle_module() is not None:
-            assert r["oracle"] in doc["oracles"] and r["opt_ratio"] > 0
+        assert r["oracle"] in doc["oracles"] and r["opt_ratio"] > 0
 
 
 def test_validation_accepts_its_own_output_and_refuses_other_versions(doc, tmp_path):

@@ -152,7 +152,9 @@ class ShadowMachine:
         if self.batch[cpu] and self._emulate_extra(kind, cpu, addr, arg, value, insn):
             return
         c = self.counters
-        if kind <= LOAD:  # STORE, BTR, BTS, LOAD: the hardware walk of the shadow tables, inlined
+        if kind <= LOAD:  # STORE, BTR, BTS, LOAD: the hardware walk of the shadow tables
+            # A successful access sets the spte's shadow accessed bit, as the processor does; a
+            # write through a read-only spte faults without setting it (1b7fcd3263's premise).
             write = kind != LOAD
             if kind == LOAD:
                 c.native_load += 1
@@ -176,8 +178,8 @@ class ShadowMachine:
                         return
             if write:
                 self._write_fault(kind, cpu, addr, arg, value, insn)
-            elif self._page_fault(cpu, addr, False) != _GUEST_FAULT:
-                self._translate(cpu, addr, False)
+            else:
+                self._page_fault(cpu, addr, False)  # the spte it installs is already accessed
             return
         count_native(c, kind, arg)
         if kind == INVLPG:
@@ -186,27 +188,6 @@ class ShadowMachine:
             self._set_cr3(cpu, addr)
         elif kind == MARK:
             self.marks.append((arg, c.as_dict()))
-
-    # ============================================================================ translation
-    def _translate(self, cpu: int, vaddr: int, write: bool) -> int:
-        """The hardware walk of the shadow tables: the gpa, or -1 for a shadow page fault.
-
-        A successful access sets the spte's shadow accessed bit, as the processor does. A write
-        through a read-only spte faults without setting it (commit 1b7fcd3263's premise).
-        """
-        sp2 = self.roots[cpu][vaddr >> 30]
-        if sp2 is None:
-            return -1
-        sp1 = sp2.children.get((vaddr >> 21) & 0x1FF)
-        if sp1 is None:
-            return -1
-        idx = (vaddr >> 12) & 0x1FF
-        spte = sp1.sptes.get(idx)
-        if spte is None or (write and not spte & SPTE_W):
-            return -1
-        if not spte & SPTE_A:
-            sp1.sptes[idx] = spte | SPTE_A
-        return ((spte >> 12) << 12) | (vaddr & 0xFFF)
 
     # ============================================================================ page faults
     def _page_fault(self, cpu: int, vaddr: int, write: bool) -> int:
@@ -397,12 +378,11 @@ class ShadowMachine:
         status = self._page_fault(cpu, vaddr, True)
         if status == _GUEST_FAULT:
             return
-        if status != _PTWRITE:
-            gpa = self._translate(cpu, vaddr, True)
-            apply_write(self.mem, gpa, kind, arg, value)
-            return
         w = self._last_walk
         gpa = (w.gfn << 12) | (vaddr & 0xFFF)
+        if status != _PTWRITE:  # the fault installed a writable, accessed spte: run natively
+            apply_write(self.mem, gpa, kind, arg, value)
+            return
         gfn = w.gfn
         c = self.counters
         if not self._decides_writes:  # the base class's answer: emulate (no WriteFault needed)

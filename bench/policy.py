@@ -15,7 +15,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from bench.params import Param
+from bench.params import Param, resolve
 
 if TYPE_CHECKING:
     pass
@@ -174,8 +174,10 @@ class Policy:
     their guest memory with A and D masked in page-table entries (docs/model.md)."""
 
     def __init__(self, **params: Any) -> None:
+        """Validate ``params`` against the class's ``params`` (defaults filled in) and set them
+        as attributes."""
         self.mmu: MMUView | None = None
-        for key, value in params.items():
+        for key, value in resolve(f"policy {self.name}", type(self).params, params).items():
             setattr(self, key, value)
 
     def mmu_config(self, pae: bool) -> MMUConfig:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from bench.guest import Guest
-from bench.params import Param
+from bench.params import Param, resolve
 
 
 @dataclass
@@ -31,7 +31,8 @@ class Workload:
     """Base class of every workload. Subclasses set the class attributes and implement build().
 
     ``name`` is the registry name, ``summary`` one line on the kernel code path and its source,
-    ``params`` the validated parameters (set as attributes before build is called).
+    ``params`` the parameter schema; the constructor validates what it is given, fills in the
+    defaults and sets them as attributes before build is called.
     """
 
     name: ClassVar[str] = ""
@@ -39,7 +40,8 @@ class Workload:
     params: ClassVar[dict[str, Param]] = {}
 
     def __init__(self, **params: Any) -> None:
-        for key, value in params.items():
+        """Validate ``params`` against ``params`` (defaults filled in) and set them as attributes."""
+        for key, value in resolve(f"workload {self.name}", type(self).params, params).items():
             setattr(self, key, value)
 
     def build(self, rng: random.Random) -> GuestRun:

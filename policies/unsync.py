@@ -23,7 +23,6 @@ or D (the conformance check masks them).
 
 from __future__ import annotations
 
-from typing import Any
 
 from bench.policy import Decision, MMUConfig, WriteFault
 from policies.flood_count import FloodCount
@@ -37,10 +36,8 @@ class Unsync(FloodCount):
     summary = ("KVM 2.6.28 out-of-sync leaf tables: unsync on write, invlpg drops the spte, cr3 "
                "resyncs (commit 4731d4c7a077); else flood-count 2.6.27")
     params = {"threshold": FloodCount.params["threshold"]}
+    variant = "2.6.27"  # fixed: the flood detector 2.6.28 kept (not a parameter here)
     tlb_like = True
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(variant="2.6.27", **params)
 
     def mmu_config(self, pae: bool) -> MMUConfig:
         return MMUConfig(intercept_invlpg=True, invlpg_drops_spte=True, sync_on_cr3=True)

@@ -6,7 +6,7 @@ from typing import Any
 
 from bench.errors import BenchError
 from bench.guest import MAX_CPUS
-from bench.params import Param, resolve
+from bench.params import Param
 from bench.workload import Workload
 from workloads._kmap import KERNELS
 
@@ -40,11 +40,11 @@ def whole_pages(mib: float) -> str | None:
 
 
 class GuestWorkload(Workload):
-    """A workload with validated parameters: the constructor fills defaults and validates, so
-    ``Workload(**some_params)`` and ``bench.registry.make_workload`` agree."""
+    """A guest-kernel workload: the base validates the parameters; this adds the rules that tie
+    two parameters together."""
 
     def __init__(self, **params: Any) -> None:
-        super().__init__(**resolve(f"workload {self.name}", self.params, params))
+        super().__init__(**params)
         if getattr(self, "debug_highmem", False) and self.kernel != "2.6.12":
             raise BenchError(f"workload {self.name} parameter debug_highmem=True applies only to "
                              f"kernel 2.6.12, not {self.kernel!r} (use kernel rhel3-debug for RHEL3)")

@@ -153,10 +153,11 @@ def execute(args: argparse.Namespace, experiment: exp.Experiment, out: str,
     from bench import runner
 
     jobs = args.jobs or os.cpu_count() or 1
-    runner.check_memory(experiment, jobs, args.force_memory)
+    weights = runner.check_memory(experiment, jobs, args.force_memory)
     started = results.now()
     progress = None if args.no_progress else Progress()
-    outcome = runner.execute(experiment, out, jobs, reuse=reuse, progress=progress)
+    outcome = runner.execute(experiment, out, jobs, reuse=reuse, progress=progress,
+                             weights=weights)
     notes: list[str] = []
     with Deferred() as deferred:
         volatile = {

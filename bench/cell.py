@@ -1,17 +1,38 @@
-"""One cell: a policy on a workload with one seed -> counters (simulation only, no pricing)."""
+"""Cells: a policy on a workload with one seed -> counters (simulation only, no pricing).
+
+Every policy of one (workload, parameters, seed) runs the same guest, and the workload's stream
+depends only on its seed and on what the kernel reads of guest memory while generating it. A
+policy that is not ``tlb_like`` leaves guest memory exactly as native execution does after every
+operation (the conformance test checks it for every registered policy), so the kernel reads the
+same values under it and generates the very same operations. ``run_cells`` uses that: it
+executes the guest run once natively (with the oracle's recorder when a record or the oracle
+policy needs it), records the operations and the reads between them (bench.recording), and
+replays the recording to each such policy on a fresh copy of the initial guest memory, repeating
+every read there: if one differs, the policy's guest would have gone another way, and the policy
+is run again on a stream generated for it alone. A result therefore never depends on the
+shortcut. ``tlb_like`` policies (out-of-sync pages, two-dimensional paging) may leave an accessed
+bit clear that the native guest sees set, so they generate their own stream from the start.
+"""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench import oracle
 from bench.machine.counters import Counters
+from bench.machine.memory import GuestMemory
 from bench.machine.native import NativeMachine
+from bench.machine.paging import Mode
 from bench.machine.shadow import ShadowMachine
 from bench.policy import Policy
+from bench.recording import OpRecording
 from bench.registry import make_policy, make_workload
 from bench.workload import GuestRun
+
+PolicySpec = str | tuple[str, dict[str, Any]]
 
 
 @dataclass
@@ -29,20 +50,29 @@ def build_run(workload: str, params: dict[str, Any], seed: int) -> GuestRun:
     return make_workload(workload, params).build(random.Random(seed))
 
 
-def executor_for(run: GuestRun, policy: Policy | None):
+def machine_for(policy: Policy | None, mem: GuestMemory, mode: Mode, cr3s: list[int]):
     """The executor a policy runs on: native (None), shadow, or two-dimensional paging."""
-    guest = run.guest
     if policy is None:
-        return NativeMachine(guest.mem, guest.mode, run.cr3s)
-    if policy.mmu_config(guest.pae).tdp:
+        return NativeMachine(mem, mode, cr3s)
+    if policy.mmu_config(mode.pae).tdp:
         from bench.machine.tdp import TdpMachine
 
-        return TdpMachine(guest.mem, guest.mode, run.cr3s, policy)
-    return ShadowMachine(guest.mem, guest.mode, run.cr3s, policy)
+        return TdpMachine(mem, mode, cr3s, policy)
+    return ShadowMachine(mem, mode, cr3s, policy)
 
 
-def count_ops(ops, step) -> int:
-    """Run ``step`` on every op; return how many guest operations (MARKs excluded) ran."""
+def executor_for(run: GuestRun, policy: Policy | None):
+    """The executor for ``policy`` on ``run``'s guest."""
+    return machine_for(policy, run.guest.mem, run.guest.mode, run.cr3s)
+
+
+def replayable(policy: Policy) -> bool:
+    """Whether the policy's guest sees what the native guest sees (so the stream is the same)."""
+    return not getattr(policy, "tlb_like", False)
+
+
+def count_ops(ops: Iterable[tuple], step) -> int:
+    """Run ``step`` on every op; return how many operations (MARKs included) ran."""
     n = 0
     for op in ops:
         step(op)
@@ -50,28 +80,79 @@ def count_ops(ops, step) -> int:
     return n
 
 
-def run_cell(policy_spec: str | tuple[str, dict[str, Any]] | None, workload: str,
-             params: dict[str, Any], seed: int, check: bool = False) -> CellResult:
-    """Simulate one cell. ``policy_spec`` None runs natively. A policy that replays the run
-    (``needs_trace``, the oracle) is handed the run's native recording first. ``check`` runs the
-    invariant checker after every operation (slow; for tests)."""
-    policy = None if policy_spec is None else make_policy(policy_spec)
-    if getattr(policy, "needs_trace", False):
-        # a replaying policy (the oracle) gets the native recording of the same guest run first
-        from bench import oracle
+def _result(machine, n: int, sizes: dict[str, int]) -> CellResult:
+    counters: Counters = machine.counters
+    marks = list(machine.marks)
+    return CellResult(n - len(marks), counters.as_dict(), marks, dict(sizes))
 
-        policy.use_trace(oracle.trace(build_run(workload, params, seed)))
+
+def _generated(policy: Policy, workload: str, params: dict[str, Any], seed: int,
+               check: bool = False) -> CellResult:
+    """Run ``policy`` on a freshly built run that generates its own stream."""
     run = build_run(workload, params, seed)
     machine = executor_for(run, policy)
+    step = machine.step
     if check and isinstance(machine, ShadowMachine):
         from bench.machine.invariants import check_shadow
 
         def step(op, _step=machine.step):
             _step(op)
             check_shadow(machine)
-    else:
-        step = machine.step
-    n = count_ops(run.ops, step)
-    counters: Counters = machine.counters
-    marks = list(machine.marks)
-    return CellResult(n - len(marks), counters.as_dict(), marks, dict(run.sizes))
+    return _result(machine, count_ops(run.ops, step), run.sizes)
+
+
+def run_cells(policy_specs: Sequence[PolicySpec], workload: str, params: dict[str, Any],
+              seed: int, record_oracle: bool = False) -> Iterator[tuple[int, Any]]:
+    """Simulate every policy on the (workload, params, seed) run, sharing one native execution.
+
+    Yields ``(-1, record)`` first when ``record_oracle`` (bench.oracle.record's compact record),
+    then ``(i, CellResult)`` for policy ``i`` as each finishes, in order. The results are the
+    ones ``run_cell`` gives each policy alone."""
+    policies = [make_policy(spec) for spec in policy_specs]
+    need_trace = record_oracle or any(getattr(p, "needs_trace", False) for p in policies)
+    shared = sum(1 for p in policies if replayable(p))
+    if not need_trace and shared < 2:  # nothing to share: each policy generates its stream
+        for i, policy in enumerate(policies):
+            yield i, _generated(policy, workload, params, seed)
+        return
+
+    run = build_run(workload, params, seed)
+    mode, cr3s = run.guest.mode, list(run.cr3s)
+    initial = run.guest.mem.copy()
+    native = (oracle.Recorder if need_trace else NativeMachine)(run.guest.mem, mode, cr3s)
+    with OpRecording() as recording:
+        native.run(recording.tee(run.ops, run.guest.mem) if shared else run.ops)
+        trace = native.finish() if need_trace else None
+        if record_oracle:
+            yield -1, oracle.compact(trace)
+        for i, policy in enumerate(policies):
+            if getattr(policy, "needs_trace", False):
+                policy.use_trace(trace)
+            if shared and replayable(policy) and recording.usable:
+                mem = initial.copy()
+                machine = machine_for(policy, mem, mode, cr3s)
+                n = recording.run(machine.step, mem)
+                if n is not None:
+                    yield i, _result(machine, n, run.sizes)
+                    continue
+                policy = make_policy(policy_specs[i])  # a read differed: generate (fresh state)
+                if getattr(policy, "needs_trace", False):
+                    policy.use_trace(trace)
+            yield i, _generated(policy, workload, params, seed)
+
+
+def run_cell(policy_spec: PolicySpec | None, workload: str, params: dict[str, Any], seed: int,
+             check: bool = False) -> CellResult:
+    """Simulate one cell. ``policy_spec`` None runs natively. A policy that replays the run
+    (``needs_trace``, the oracle) is handed the run's native recording first. ``check`` runs the
+    invariant checker after every operation (slow; for tests)."""
+    if policy_spec is None:
+        run = build_run(workload, params, seed)
+        machine = executor_for(run, None)
+        return _result(machine, count_ops(run.ops, machine.step), run.sizes)
+    if not check:
+        return next(run_cells([policy_spec], workload, params, seed))[1]
+    policy = make_policy(policy_spec)
+    if getattr(policy, "needs_trace", False):
+        policy.use_trace(oracle.trace(build_run(workload, params, seed)))
+    return _generated(policy, workload, params, seed, check=True)

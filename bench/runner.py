@@ -21,11 +21,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import oracle
-from bench.cell import build_run, run_cell
+from bench.cell import CellResult, build_run, run_cells
 from bench.errors import BenchError
 from bench.experiment import Cell, Experiment
 from bench.files import atomic_write_text
+from bench.recording import DEFAULT_BUDGET
 
 CELLS_DIR = "cells"
 BYTES_PER_GUEST_PAGE = 200
@@ -36,6 +36,10 @@ BYTES_PER_TABLE_PAGE = 4096 * 2 + 512 * 120
 """Per page-table page: the dense guest page, its shadow page's sptes and rmap entries."""
 BYTES_PER_WORKER = 60 << 20
 """A worker process with the simulator loaded."""
+RECORDING_BYTES = DEFAULT_BUDGET
+"""A recorded operation stream held in memory (the rest spills to a temporary file)."""
+POLL_SECONDS = 0.5
+"""How often the parent looks for cells a worker stored before its whole group finished."""
 
 
 class Interrupted(Exception):
@@ -58,24 +62,47 @@ class Outcome:
 
 
 # -- the work done in a worker -----------------------------------------------------------------
-def compute(cell_key: dict[str, Any], digest: str, cells_dir: str) -> dict[str, Any]:
-    """Simulate one cell (or record the oracle's view of one guest run) and store it."""
-    if cell_key["kind"] == "oracle":
-        run = build_run(cell_key["workload"], cell_key["workload_params"], cell_key["seed"])
-        payload: dict[str, Any] = {"oracle": oracle.record(run)}
-    else:
-        result = run_cell((cell_key["policy"], cell_key["policy_params"]), cell_key["workload"],
-                          cell_key["workload_params"], cell_key["seed"])
-        payload = {
-            "guest_ops": result.guest_ops,
-            "counters": dict(sorted(result.counters.items())),
-            "marks": [[phase, {k: v for k, v in sorted(c.items()) if v}]
-                      for phase, c in result.marks],
-            "sizes": dict(sorted(result.sizes.items())),
-        }
+def _payload(result: CellResult) -> dict[str, Any]:
+    return {
+        "guest_ops": result.guest_ops,
+        "counters": dict(sorted(result.counters.items())),
+        "marks": [[phase, {k: v for k, v in sorted(c.items()) if v}] for phase, c in result.marks],
+        "sizes": dict(sorted(result.sizes.items())),
+    }
+
+
+def _store_doc(cell_key: dict[str, Any], digest: str, cells_dir: str,
+               payload: dict[str, Any]) -> dict[str, Any]:
     text = json.dumps({"key": cell_key, **payload}, sort_keys=True)
     atomic_write_text(os.path.join(cells_dir, digest + ".json"), text)
     return json.loads(text)  # exactly what a later run reads back from the cache
+
+
+def compute_group(items: list[tuple[dict[str, Any], str]], cells_dir: str,
+                  done: Callable[[int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Simulate cells of one guest run (same workload, parameters and seed; the oracle record
+    among them or not) through bench.cell.run_cells, storing each as soon as it is finished;
+    ``done(i, doc)`` is called after item ``i`` is stored. Returns the documents in item order."""
+    first = items[0][0]
+    workload, params, seed = first["workload"], first["workload_params"], first["seed"]
+    oracle_at = [i for i, (key, _) in enumerate(items) if key["kind"] == "oracle"]
+    policy_at = [i for i, (key, _) in enumerate(items) if key["kind"] != "oracle"]
+    specs = [(items[i][0]["policy"], items[i][0]["policy_params"]) for i in policy_at]
+    docs: list[dict[str, Any]] = [{} for _ in items]
+    for j, result in run_cells(specs, workload, params, seed, record_oracle=bool(oracle_at)):
+        targets = oracle_at if j < 0 else [policy_at[j]]
+        payload = {"oracle": result} if j < 0 else _payload(result)
+        for i in targets:
+            key, digest = items[i]
+            docs[i] = _store_doc(key, digest, cells_dir, payload)
+            if done:
+                done(i, docs[i])
+    return docs
+
+
+def compute(cell_key: dict[str, Any], digest: str, cells_dir: str) -> dict[str, Any]:
+    """Simulate one cell (or record the oracle's view of one guest run) and store it."""
+    return compute_group([(cell_key, digest)], cells_dir)[0]
 
 
 def _worker_init() -> None:
@@ -130,7 +157,9 @@ def estimate_memory(experiment: Experiment, jobs: int) -> tuple[int, dict[str, i
                               + tables * BYTES_PER_TABLE_PAGE)
     biggest = max(per_entry.values(), default=0)
     workers = max(1, min(jobs, len(experiment.cells()) or 1))
-    return workers * (biggest + BYTES_PER_WORKER), per_entry
+    # a worker holds the native run's guest and a policy's (its shadow state included), the
+    # initial guest to copy from, and the recorded operations (bench.cell.run_cells)
+    return workers * (2 * biggest + RECORDING_BYTES + BYTES_PER_WORKER), per_entry
 
 
 def available_memory() -> int | None:
@@ -145,8 +174,9 @@ def available_memory() -> int | None:
     return None
 
 
-def check_memory(experiment: Experiment, jobs: int, force: bool) -> int:
-    """Refuse a run whose estimate exceeds the available memory, unless ``force``."""
+def check_memory(experiment: Experiment, jobs: int, force: bool) -> dict[str, int]:
+    """Refuse a run whose estimate exceeds the available memory, unless ``force``; returns the
+    estimate per workload entry (``execute`` orders its work by it)."""
     need, per_entry = estimate_memory(experiment, jobs)
     have = available_memory()
     if have is not None and need > have and not force:
@@ -155,7 +185,7 @@ def check_memory(experiment: Experiment, jobs: int, force: bool) -> int:
             f"the run needs about {need / 2**20:.0f} MiB ({jobs} jobs; largest cell {worst}) but "
             f"only {have / 2**20:.0f} MiB is available; lower the guest size or --jobs, or use "
             f"--force-memory")
-    return need
+    return per_entry
 
 
 # -- running -----------------------------------------------------------------------------------
@@ -163,12 +193,46 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
     raise Interrupted(signum)
 
 
+def groups_of(cells: list[Cell], jobs: int,
+              weights: dict[str, float] | None = None) -> list[list[Cell]]:
+    """The cells grouped by guest run (workload entry and seed), heaviest group first.
+
+    A group shares one native execution (bench.cell.run_cells). When there are fewer than two
+    groups per worker, each group's policy cells are split so every worker has work (each part
+    executes the run natively again). ``weights`` (per workload label: the memory estimate, a
+    proxy for the guest's size) orders the groups so the longest start first."""
+    by_run: dict[tuple[str, int], list[Cell]] = {}
+    for cell in cells:
+        by_run.setdefault((cell.workload.label, cell.seed), []).append(cell)
+    groups = list(by_run.values())
+    parts = -(-2 * jobs // len(groups)) if groups and jobs > 1 else 1
+    if parts > 1:
+        split: list[list[Cell]] = []
+        for group in groups:
+            oracle_cells = [c for c in group if c.policy is None]
+            policy_cells = [c for c in group if c.policy is not None]
+            n = max(1, min(parts, len(policy_cells)))
+            chunks = [policy_cells[k::n] for k in range(n)]
+            chunks[0] = oracle_cells + chunks[0]
+            split.extend(chunk for chunk in chunks if chunk)
+        groups = split
+    weights = weights or {}
+
+    def cost(group: list[Cell]) -> float:
+        return weights.get(group[0].workload.label, 1.0) * (len(group) + 1)
+
+    return sorted(groups, key=cost, reverse=True)  # stable: ties keep the experiment's order
+
+
 def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
-            progress: Callable[[int, int, int, str], None] | None = None) -> Outcome:
+            progress: Callable[[int, int, int, str], None] | None = None,
+            weights: dict[str, float] | None = None) -> Outcome:
     """Run every cell not already stored in ``out_dir`` (all of them when not ``reuse``).
 
-    ``progress(done, total, reused, what)`` is called after each cell. SIGINT/SIGTERM end the
-    workers and return with ``interrupted`` set; the finished cells are in the outcome and on disk.
+    Cells of the same guest run are computed together (``groups_of``); each is stored as soon as
+    it is finished. ``progress(done, total, reused, what)`` is called after each cell.
+    SIGINT/SIGTERM end the workers and return with ``interrupted`` set; the finished cells are in
+    the outcome and on disk.
     """
     cells_dir = os.path.join(out_dir, CELLS_DIR)
     os.makedirs(cells_dir, exist_ok=True)
@@ -184,40 +248,51 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
             _store(outcome, cell, doc)
             outcome.reused += 1
     total = len(wanted)
-    done = outcome.reused
+    count = [outcome.reused]
+
+    def finished(cell: Cell, doc: dict[str, Any]) -> None:
+        if cell.digest() in outcome.cells or cell.digest() in outcome.oracles:
+            return
+        _store(outcome, cell, doc)
+        outcome.computed += 1
+        count[0] += 1
+        if progress:
+            progress(count[0], total, outcome.reused, _what(cell))
+
     if progress:
-        progress(done, total, outcome.reused, "")
+        progress(count[0], total, outcome.reused, "")
 
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     for s in previous:
         signal.signal(s, _raise_interrupted)
     executor: ProcessPoolExecutor | None = None
+    groups = groups_of(todo, jobs, weights)
+    started = time.time_ns()
     try:
-        if jobs <= 1 or len(todo) <= 1:
-            for cell in todo:
-                doc = compute(cell.key(), cell.digest(), cells_dir)
-                _store(outcome, cell, doc)
-                outcome.computed += 1
-                done += 1
-                if progress:
-                    progress(done, total, outcome.reused, _what(cell))
+        if jobs <= 1 or len(groups) <= 1:
+            for group in groups:
+                compute_group([(c.key(), c.digest()) for c in group], cells_dir,
+                              lambda i, doc, group=group: finished(group[i], doc))
         else:
             context = multiprocessing.get_context("fork") if sys.platform != "win32" else None
-            executor = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=context,
+            executor = ProcessPoolExecutor(max_workers=min(jobs, len(groups)), mp_context=context,
                                            initializer=_worker_init)
-            # Longest-first would need sizes; submit in order so results appear evenly.
-            pending: dict[Future, Cell] = {
-                executor.submit(compute, cell.key(), cell.digest(), cells_dir): cell
-                for cell in todo}
+            pending: dict[Future, list[Cell]] = {
+                executor.submit(compute_group, [(c.key(), c.digest()) for c in group],
+                                cells_dir): group
+                for group in groups}
             while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    cell = pending.pop(future)
-                    _store(outcome, cell, future.result())
-                    outcome.computed += 1
-                    done += 1
-                    if progress:
-                        progress(done, total, outcome.reused, _what(cell))
+                done, _ = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+                for future in done:
+                    group = pending.pop(future)
+                    for cell, doc in zip(group, future.result()):
+                        finished(cell, doc)
+                for group in pending.values():  # cells a worker stored while its group runs
+                    for cell in group:
+                        if _stored_since(cells_dir, cell, started):
+                            doc = load_cached(cells_dir, cell)
+                            if doc is not None:
+                                finished(cell, doc)
             executor.shutdown(wait=True)
             executor = None
     except Interrupted as stop:
@@ -255,6 +330,14 @@ def _end_workers(executor: ProcessPoolExecutor) -> None:
         if proc.is_alive():
             proc.kill()
             proc.join(1)
+
+
+def _stored_since(cells_dir: str, cell: Cell, since_ns: int) -> bool:
+    """Whether the cell's file was written during this run (not left by an earlier one)."""
+    try:
+        return os.stat(os.path.join(cells_dir, cell.digest() + ".json")).st_mtime_ns >= since_ns
+    except OSError:
+        return False
 
 
 def _store(outcome: Outcome, cell: Cell, doc: dict[str, Any]) -> None:

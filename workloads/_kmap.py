@@ -130,7 +130,7 @@ class Kernel:
         if cached is not None:
             return cached
         vaddr, pte_kva, pte_gpa, flush, clear = self._slot(cpu, km_type)
-        lowmem, pae, read_entry = self.lowmem_pages, self.pae, self.mem.read_entry
+        lowmem, pae, mem = self.lowmem_pages, self.pae, self.mem
         skip_same, map_flush, set_pte, kvaddr = (self.skip_same, self.map_flush, self.set_pte,
                                                  self.guest.kvaddr)
         check_same = skip_same or self.flush_if_changed
@@ -139,7 +139,7 @@ class Kernel:
             if gfn < lowmem:
                 return (), kvaddr(gfn << 12)
             value = (gfn << 12) | KMAP_PROT
-            same = check_same and read_entry(pte_gpa, pae) == value
+            same = check_same and mem.read_entry(pte_gpa, pae) == value
             if same and skip_same:
                 return (), vaddr
             ops = set_pte(cpu, pte_kva, value)

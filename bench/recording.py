@@ -1,0 +1,255 @@
+"""A recorded guest run: its operations and every guest-memory read the kernel made between them.
+
+A workload's stream may read guest memory while it generates (bench.workload.GuestRun): the
+kernel reads a pte, then decides. So a stream is recorded from a real execution. ``tee`` passes
+every operation through to the executor that runs it and keeps a copy; while the workload is
+generating (between two operations), its guest memory is switched to an observing class that
+logs each read (method, gpa, argument, value) with the number of operations executed before it.
+
+``run`` executes the recorded operations on another executor and, at each logged point, repeats
+the reads on that executor's guest memory. The workload is deterministic given its random
+generator and what it reads, so if every read gives the recorded value the operations are exactly
+the ones the workload would have generated on that executor; at the first read that differs
+``run`` stops and returns None (the caller then generates the stream for that executor). A
+workload that writes guest memory directly while generating cannot be replayed (``usable`` turns
+False); nor can a field outside its array type.
+
+Operations and reads are packed into arrays of 2**16 rows (29 bytes per operation instead of a
+tuple's ~130), kept in memory up to ``memory_budget`` bytes and spilled to an anonymous temporary
+file beyond it, so recording a long run costs disk, not memory.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from array import array
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+from typing import Any, BinaryIO
+
+from bench.machine.memory import GuestMemory
+
+CHUNK = 1 << 16
+"""Rows per packed chunk."""
+OP_FIELDS = ("B", "H", "Q", "q", "Q", "H")
+"""Array type codes of an operation's kind, cpu, addr, arg, value and insn (an index into the
+name table)."""
+READ_FIELDS = ("Q", "B", "Q", "B", "Q")
+"""A read's operations-before, method (READ32, READ_ENTRY, READ), gpa, argument, value."""
+READ32, READ_ENTRY, READ = 0, 1, 2
+DEFAULT_BUDGET = 128 << 20
+"""Bytes of packed chunks kept in memory before the rest goes to a temporary file."""
+
+
+class _Unpackable(Exception):
+    pass
+
+
+class _Columns:
+    """Rows of one shape packed column-wise into chunks, in memory or in a temporary file."""
+
+    def __init__(self, codes: tuple[str, ...], owner: OpRecording) -> None:
+        self.codes = codes
+        self.owner = owner
+        self.chunks: list[tuple[array, ...] | tuple[int, int]] = []  # arrays, or (offset, n)
+
+    def pack(self, rows: list[tuple]) -> None:
+        try:
+            arrays = tuple(array(code, column) for code, column in zip(self.codes, zip(*rows)))
+        except (OverflowError, TypeError) as exc:
+            raise _Unpackable from exc
+        size = sum(a.itemsize * len(a) for a in arrays)
+        owner = self.owner
+        if owner.held + size <= owner.budget:
+            owner.held += size
+            self.chunks.append(arrays)
+            return
+        handle = owner.spill_file()
+        offset = handle.seek(0, 2)
+        for a in arrays:
+            a.tofile(handle)
+        self.chunks.append((offset, len(rows)))
+
+    def columns(self) -> Iterator[tuple[array, ...]]:
+        for chunk in self.chunks:
+            if len(chunk) != 2:
+                yield chunk  # type: ignore[misc]
+                continue
+            offset, n = chunk  # type: ignore[misc]
+            handle = self.owner.spill_file()
+            handle.seek(offset)
+            arrays = []
+            for code in self.codes:
+                a = array(code)
+                a.fromfile(handle, n)
+                arrays.append(a)
+            yield tuple(arrays)
+
+    def rows(self) -> Iterator[tuple]:
+        for arrays in self.columns():
+            yield from zip(*arrays)
+
+
+def _observing(plain: type[GuestMemory], log: list[tuple[int, int, int, int]],
+               wrote: list[bool]) -> type[GuestMemory]:
+    """A GuestMemory class (same layout) that logs reads and notes writes."""
+
+    class Observed(plain):  # type: ignore[valid-type, misc]
+        __slots__ = ()
+
+        def read32(self, gpa: int) -> int:
+            value = plain.read32(self, gpa)
+            log.append((READ32, gpa, 0, value))
+            return value
+
+        def read_entry(self, gpa: int, pae: bool) -> int:
+            value = plain.read_entry(self, gpa, pae)
+            log.append((READ_ENTRY, gpa, int(pae), value))
+            return value
+
+        def read(self, gpa: int, width: int) -> int:
+            value = plain.read(self, gpa, width)
+            log.append((READ, gpa, width, value))
+            return value
+
+        def write32(self, gpa: int, value: int) -> None:
+            wrote[0] = True
+            plain.write32(self, gpa, value)
+
+        def write(self, gpa: int, width: int, value: int) -> None:
+            wrote[0] = True
+            plain.write(self, gpa, width, value)
+
+        def write_entry(self, gpa: int, pae: bool, value: int) -> None:
+            wrote[0] = True
+            plain.write_entry(self, gpa, pae, value)
+
+        def add_table_page(self, gfn: int) -> Any:
+            wrote[0] = True
+            return plain.add_table_page(self, gfn)
+
+    return Observed
+
+
+class OpRecording:
+    """The operations of one run, in order (MARKs included), and the reads between them."""
+
+    def __init__(self, memory_budget: int = DEFAULT_BUDGET) -> None:
+        self.count = 0
+        self.usable = True
+        self.budget = memory_budget
+        self.held = 0
+        self._file: BinaryIO | None = None
+        self._ops = _Columns(OP_FIELDS, self)
+        self._reads = _Columns(READ_FIELDS, self)
+        self._insn_ids: dict[str, int] = {}
+        self._insns: list[str] = []
+
+    def spill_file(self) -> BinaryIO:
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(prefix="shadowbench-run-")
+        return self._file
+
+    # -- recording -----------------------------------------------------------------------------
+    def tee(self, ops: Iterable[tuple], mem: GuestMemory) -> Iterator[tuple]:
+        """Yield ``ops`` one at a time (each is executed before the next is generated) and keep
+        them, with the reads of ``mem`` the workload makes while generating; the recording is
+        complete when the iterator is exhausted."""
+        plain = type(mem)
+        log: list[tuple[int, int, int, int]] = []
+        wrote = [False]
+        observed = _observing(plain, log, wrote)
+        source = iter(ops)
+        buf: list[tuple] = []
+        reads: list[tuple] = []
+        count = 0
+        while True:
+            mem.__class__ = observed
+            try:
+                op = next(source)
+            except StopIteration:
+                break
+            finally:
+                mem.__class__ = plain
+            if log:
+                reads.extend((count,) + entry for entry in log)
+                log.clear()
+            buf.append(op)
+            count += 1
+            yield op
+            if len(buf) == CHUNK:
+                self._pack(buf, reads)
+                buf, reads = [], []
+        if log:
+            reads.extend((count,) + entry for entry in log)
+        self._pack(buf, reads)
+        if wrote[0]:
+            self._drop()
+
+    def _pack(self, ops: list[tuple], reads: list[tuple]) -> None:
+        self.count += len(ops)
+        if not self.usable:
+            return
+        ids, names = self._insn_ids, self._insns
+        for op in ops:
+            if op[5] not in ids:
+                ids[op[5]] = len(names)
+                names.append(op[5])
+        try:
+            if ops:
+                self._ops.pack([op[:5] + (ids[op[5]],) for op in ops])
+            if reads:
+                self._reads.pack(reads)
+        except _Unpackable:
+            self._drop()
+
+    def _drop(self) -> None:
+        self.usable = False
+        self._ops.chunks.clear()
+        self._reads.chunks.clear()
+
+    # -- replaying -----------------------------------------------------------------------------
+    def replay(self) -> Iterator[tuple]:
+        """The recorded operations as ``(kind, cpu, addr, arg, value, insn)`` tuples."""
+        if not self.usable:
+            raise ValueError("this run could not be recorded; generate the stream again")
+        name = self._insns.__getitem__
+        for kinds, cpus, addrs, args, values, ids in self._ops.columns():
+            yield from zip(kinds, cpus, addrs, args, values, map(name, ids))
+
+    def run(self, step: Callable[[tuple], Any], mem: GuestMemory) -> int | None:
+        """Execute the recorded operations with ``step`` (an executor on ``mem``), repeating the
+        recorded reads on ``mem`` where the workload made them. Returns the number of operations,
+        or None at the first read that differs (the workload would have gone another way)."""
+        ops = self.replay()
+        done = 0
+        for at, method, gpa, arg, value in self._reads.rows():
+            if at > done:
+                for op in islice(ops, at - done):
+                    step(op)
+                done = at
+            if method == READ32:
+                got = mem.read32(gpa)
+            elif method == READ_ENTRY:
+                got = mem.read_entry(gpa, bool(arg))
+            else:
+                got = mem.read(gpa, arg)
+            if got != value:
+                return None
+        for op in ops:
+            step(op)
+        return self.count
+
+    def close(self) -> None:
+        """Drop the recording (and its temporary file)."""
+        self._ops.chunks.clear()
+        self._reads.chunks.clear()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> OpRecording:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

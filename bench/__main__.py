@@ -119,25 +119,26 @@ class Deferred:
             signal.signal(s, handler)
 
 
-def write_outputs(doc: dict[str, Any], out: str, charts: bool = True) -> list[str]:
+def write_outputs(doc: dict[str, Any], out: str, charts: bool = True, jobs: int = 1) -> list[str]:
     """results.json, results.csv, pyperf.json, charts and report.md into ``out``."""
     from bench.report import write_report
 
     paths = results.write_folder(doc, out)
     chart_paths: list[str] = []
     if charts and doc["complete"]:
-        chart_paths = write_charts(doc, out)
+        chart_paths = write_charts(doc, out, jobs)
     paths += chart_paths
     paths.append(write_report(doc, chart_paths, out))
     return paths
 
 
-def write_charts(doc: dict[str, Any], out: str) -> list[str]:
-    """Charts into OUT/charts, removing charts a previous run left there."""
+def write_charts(doc: dict[str, Any], out: str, jobs: int = 1) -> list[str]:
+    """Charts into OUT/charts (drawn by ``jobs`` processes), removing charts a previous run
+    left there."""
     from bench.plots import write_charts as draw
 
     folder = os.path.join(out, CHARTS_DIR)
-    paths = draw(doc, folder)
+    paths = draw(doc, folder, jobs)
     keep = {os.path.abspath(p) for p in paths}
     if os.path.isdir(folder):
         for name in os.listdir(folder):
@@ -167,7 +168,7 @@ def execute(args: argparse.Namespace, experiment: exp.Experiment, out: str,
         }
         doc = results.make_document(experiment, outcome.cells, outcome.oracles,
                                     outcome.interrupted is None, volatile, notes)
-        write_outputs(doc, out)
+        write_outputs(doc, out, jobs=jobs)
         if args.json and args.json != "-" and outcome.interrupted is None:
             results.write_json(doc, args.json)
     signum = outcome.interrupted.signum if outcome.interrupted else deferred.signum
@@ -302,7 +303,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise BenchError(f"--out {folder} exists and is not a folder")
     os.makedirs(folder, exist_ok=True)
     with Deferred():
-        paths = write_charts(doc, folder)
+        paths = write_charts(doc, folder, os.cpu_count() or 1)
         paths.append(write_report(doc, paths, folder))
     sys.stdout.write("".join(p + "\n" for p in paths))
     return 0

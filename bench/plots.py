@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import Any
 
 from bench import costs
@@ -214,19 +215,38 @@ def _base_label(key: tuple, param: str) -> str:
     return name + (f"[{','.join(shown)}]" if shown else "") + f" (by {param})"
 
 
-def write_charts(doc: dict[str, Any], folder: str) -> list[str]:
-    """Every chart the document supports, into ``folder``; returns the paths written."""
+def _chart(job: tuple[str, str | None], doc: dict[str, Any], folder: str) -> list[str]:
+    """Draw one chart: (kind, workload label) with kind cycles, traps, opt-ratio or sweeps."""
+    plt = _plt()
+    kind, label = job
+    if kind in ("cycles", "traps"):
+        records = [r for r in doc["records"] if r["workload_label"] == label]
+        draw = cycles_chart if kind == "cycles" else traps_chart
+        return draw(plt, doc, label, records, folder)
+    return opt_ratio_chart(plt, doc, folder) if kind == "opt-ratio" else sweep_charts(plt, doc, folder)
+
+
+def write_charts(doc: dict[str, Any], folder: str, jobs: int = 1) -> list[str]:
+    """Every chart the document supports, into ``folder``; returns the paths written. With
+    ``jobs`` > 1 the charts are drawn in that many worker processes (the files are the same)."""
     if not doc["records"]:
         return []
-    plt = _plt()
     os.makedirs(folder, exist_ok=True)
-    paths: list[str] = []
+    todo: list[tuple[str, str | None]] = []
     grid = doc["meta"]["experiment"].get("grid") or {}
     for (label,), records in group(doc["records"], "workload_label").items():
         if not grid:
-            paths += cycles_chart(plt, doc, label, records, folder)
+            todo.append(("cycles", label))
         if not grid and any(len(r["marks"]) >= 2 for r in records):
-            paths += traps_chart(plt, doc, label, records, folder)
-    paths += opt_ratio_chart(plt, doc, folder)
-    paths += sweep_charts(plt, doc, folder)
-    return paths
+            todo.append(("traps", label))
+    todo += [("opt-ratio", None), ("sweeps", None)]
+    if jobs <= 1 or sys.platform == "win32":
+        drawn = [_chart(job, doc, folder) for job in todo]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(jobs, len(todo)),
+                                 mp_context=multiprocessing.get_context("fork")) as pool:
+            drawn = list(pool.map(_chart, todo, [doc] * len(todo), [folder] * len(todo)))
+    return [path for paths in drawn for path in paths]

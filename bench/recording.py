@@ -53,9 +53,10 @@ class _Columns:
         self.owner = owner
         self.chunks: list[tuple[array, ...] | tuple[int, int]] = []  # arrays, or (offset, n)
 
-    def pack(self, rows: list[tuple]) -> None:
+    def pack(self, columns: Iterable[Iterable[int]], n: int) -> None:
+        """Append ``n`` rows given column by column."""
         try:
-            arrays = tuple(array(code, column) for code, column in zip(self.codes, zip(*rows)))
+            arrays = tuple(array(code, column) for code, column in zip(self.codes, columns))
         except (OverflowError, TypeError) as exc:
             raise _Unpackable from exc
         size = sum(a.itemsize * len(a) for a in arrays)
@@ -68,7 +69,7 @@ class _Columns:
         offset = handle.seek(0, 2)
         for a in arrays:
             a.tofile(handle)
-        self.chunks.append((offset, len(rows)))
+        self.chunks.append((offset, n))
 
     def columns(self) -> Iterator[tuple[array, ...]]:
         for chunk in self.chunks:
@@ -191,16 +192,18 @@ class OpRecording:
         if not self.usable:
             return
         ids, names = self._insn_ids, self._insns
-        for op in ops:
-            if op[5] not in ids:
-                ids[op[5]] = len(names)
-                names.append(op[5])
         try:
             if ops:
-                self._ops.pack([op[:5] + (ids[op[5]],) for op in ops])
+                kinds, cpus, addrs, args, values, insns = zip(*ops)
+                for name in set(insns):
+                    if name not in ids:
+                        ids[name] = len(names)
+                        names.append(name)
+                self._ops.pack((kinds, cpus, addrs, args, values, map(ids.__getitem__, insns)),
+                               len(ops))
             if reads:
-                self._reads.pack(reads)
-        except _Unpackable:
+                self._reads.pack(zip(*reads), len(reads))
+        except (_Unpackable, ValueError):  # ValueError: operations that are not 6-tuples
             self._drop()
 
     def _drop(self) -> None:

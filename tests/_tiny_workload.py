@@ -99,7 +99,7 @@ def main() -> int:
     if os.environ.get("TINY_NO_CHARTS"):  # tests that do not look at charts skip drawing them
         import bench.plots
 
-        bench.plots.write_charts = lambda doc, folder: []
+        bench.plots.write_charts = lambda doc, folder, jobs=1: []
 
     return bench_main(sys.argv[1:])
 

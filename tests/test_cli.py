@@ -31,7 +31,7 @@ def tiny(tiny_charts, monkeypatch):
     """The test workloads registered, and no charts drawn (they take seconds)."""
     import bench.plots
 
-    monkeypatch.setattr(bench.plots, "write_charts", lambda doc, folder: [])
+    monkeypatch.setattr(bench.plots, "write_charts", lambda doc, folder, jobs=1: [])
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +258,15 @@ def test_default_workloads_validate():
     labels = [w.label for w in exp.workloads]
     assert labels[:2] == ["kscand", "linear-scan"] and len(labels) == 8
     assert len(set(labels)) == 8
+
+
+def test_charts_drawn_in_parallel_are_the_same_files(tiny_results, tmp_path):
+    import bench.plots
+
+    doc = results.load(str(tiny_results))
+    one = bench.plots.write_charts(doc, str(tmp_path / "one"), jobs=1)
+    two = bench.plots.write_charts(doc, str(tmp_path / "two"), jobs=2)
+    assert [os.path.basename(p) for p in one] == [os.path.basename(p) for p in two]
+    assert len(one) >= 4
+    for a, b in zip(one, two):
+        assert open(a, "rb").read() == open(b, "rb").read(), a

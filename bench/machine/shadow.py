@@ -104,6 +104,9 @@ class ShadowMachine:
         self._on_spte_set = self._hooks.get("on_spte_set")
         self._on_shadow_walk = self._hooks.get("on_shadow_walk")
         self._on_zap = self._hooks.get("on_zap")
+        self._on_guest_fault = self._hooks.get("on_guest_fault")
+        self._on_shadow_fault = self._hooks.get("on_shadow_fault")
+        self._esize = mode.entry_size
         policy.attach(self)
         for cpu in range(self.cpus):
             self._load_roots(cpu)
@@ -201,9 +204,8 @@ class ShadowMachine:
         if w is None:
             c.exit_guest_fault += 1
             c.pf_guest += 1
-            hook = self._hooks.get("on_guest_fault")
-            if hook:
-                hook(cpu)
+            if self._on_guest_fault:
+                self._on_guest_fault(cpu)
             return _GUEST_FAULT
         if w.dirtied and self.cfg.dirty_bit_pte_write:
             # walk_addr: cmpxchg_gpte(D) then kvm_mmu_pte_write(pte_gpa, pte) (2.6.21-2.6.30)
@@ -218,9 +220,8 @@ class ShadowMachine:
                 c.exit_ptwrite_unsync += 1  # 2.6.28: the write fault unsynced the page
             else:
                 c.exit_hidden_fault += 1
-        hook = self._hooks.get("on_shadow_fault")
-        if hook:
-            hook(cpu, status == _PTWRITE)
+        if self._on_shadow_fault:
+            self._on_shadow_fault(cpu, status == _PTWRITE)
         return status
 
     def _fetch(self, cpu: int, vaddr: int, w, write: bool, user: bool) -> int:
@@ -333,7 +334,7 @@ class ShadowMachine:
                 if gfn in self.by_gfn:
                     self._unshadow(gfn)
                 spte |= SPTE_W
-            elif self._need_write_protect(cpu, gfn, write_fault):
+            elif gfn in self.by_gfn and self._need_write_protect(cpu, gfn, write_fault):
                 ptwrite = write_fault
             else:
                 spte |= SPTE_W
@@ -452,7 +453,7 @@ class ShadowMachine:
                        extra: bool) -> None:
         """emulator_write_phys: write guest memory, then kvm_mmu_pte_write; maybe batch more."""
         mem = self.mem
-        entry_gpa = gpa & ~(self.mode.entry_size - 1)
+        entry_gpa = gpa & ~(self._esize - 1)
         old_gpte = mem.read_entry(entry_gpa, self.pae)
         apply_write(mem, gpa, kind, arg, value)
         new_gpte = mem.read_entry(entry_gpa, self.pae)
@@ -477,19 +478,20 @@ class ShadowMachine:
         c = self.counters
         c.mmu_pte_write += 1
         offset = gpa & 0xFFF
-        pte_size = self.mode.entry_size
+        pte_size = self._esize
         write = PteWrite(cpu, gpa, gfn, offset, nbytes, pte_size, insn, old_gpte, new_gpte,
                          extra, walker)
         # a write spanning two gptes is zapped whatever the policy says: KVM only rebuilds the
         # one spte a write falls in ("misaligned accesses are too much trouble to fix up", K20
         # and later); the policy decides everything else (flooding, 2.6.26's bytes < 4)
-        zap = self.policy.on_pte_write(write) or write.misaligned
+        zap = self.policy.on_pte_write(write) or \
+            bool((offset ^ (offset + nbytes - 1)) & ~(pte_size - 1))  # PteWrite.misaligned
         sps = self.by_gfn.get(gfn)
         if not sps:
             return write
         update = self.cfg.update_spte_on_write
         flood_page = self._flood_page
-        for sp in list(sps):
+        for sp in (sps[:] if len(sps) > 1 else sps):  # (a zap changes the list)
             if sp.zapped:
                 continue  # zapped earlier in this loop
             if zap or (flood_page is not None and flood_page(write, sp)):
@@ -545,11 +547,10 @@ class ShadowMachine:
             return False
         write = kind != LOAD
         user = addr < PAGE_OFFSET
-        w = walk(self.mem, self.mode, self.cr3[cpu], addr, write, user, set_bits=False)
+        w = walk(self.mem, self.mode, self.cr3[cpu], addr, write, user)  # a fault sets nothing
         if w is None:
             self.batch[cpu] = 0
             return False
-        walk(self.mem, self.mode, self.cr3[cpu], addr, write, user)
         self.batch[cpu] -= 1
         c = self.counters
         c.insn_emulation_extra += 1

@@ -225,12 +225,14 @@ def groups_of(cells: list[Cell], jobs: int,
 
 
 def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
-            progress: Callable[[int, int, int, str], None] | None = None,
+            progress: Callable[..., None] | None = None,
             weights: dict[str, float] | None = None) -> Outcome:
     """Run every cell not already stored in ``out_dir`` (all of them when not ``reuse``).
 
     Cells of the same guest run are computed together (``groups_of``); each is stored as soon as
-    it is finished. ``progress(done, total, reused, what)`` is called after each cell.
+    it is finished. ``progress(done, total, reused, what, fraction)`` is called after each cell;
+    ``fraction`` is the share of the work to compute that is done, each cell weighted by its
+    workload entry's ``weights`` (cells of big guests take longer).
     SIGINT/SIGTERM end the workers and return with ``interrupted`` set; the finished cells are in
     the outcome and on disk.
     """
@@ -249,6 +251,8 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
             outcome.reused += 1
     total = len(wanted)
     count = [outcome.reused]
+    weight = {c.digest(): (weights or {}).get(c.workload.label, 1.0) for c in todo}
+    work = [0.0, sum(weight.values()) or 1.0]
 
     def finished(cell: Cell, doc: dict[str, Any]) -> None:
         if cell.digest() in outcome.cells or cell.digest() in outcome.oracles:
@@ -256,11 +260,12 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
         _store(outcome, cell, doc)
         outcome.computed += 1
         count[0] += 1
+        work[0] += weight.get(cell.digest(), 0.0)
         if progress:
-            progress(count[0], total, outcome.reused, _what(cell))
+            progress(count[0], total, outcome.reused, _what(cell), work[0] / work[1])
 
     if progress:
-        progress(count[0], total, outcome.reused, "")
+        progress(count[0], total, outcome.reused, "", 0.0)
 
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     for s in previous:

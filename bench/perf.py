@@ -11,6 +11,10 @@ seconds per simulated operation; operations per second is its inverse:
 - kscand-native: kscand executed natively;
 - kscand-flood-count: kscand under flood-count (the trap-dense case);
 - linear-scan-flood-count: linear-scan under flood-count;
+- kscand-record: kscand executed natively while its operations and reads are recorded (the
+  shared part of a guest run, bench.cell.run_cells);
+- kscand-flood-count-replay: that recording replayed under flood-count, its reads checked (what
+  each further policy of the run costs);
 - oracle: recording a kscand run and computing its offline optimum;
 - reprice-100-cells: re-pricing 100 stored cells under another cost profile (inner_loops 100).
 """
@@ -47,6 +51,52 @@ def _sim(policy: str | None, workload: str, params: dict, n: int):
             t0 = time.perf_counter()
             for op in ops:
                 step(op)
+            total += time.perf_counter() - t0
+        return total
+
+    return time_func
+
+
+def _recorded(n: int):
+    """A kscand default run's guest, its first ``n`` operations recorded (bench.recording), and
+    the seconds the recording took (the guest's boot excluded)."""
+    from bench.cell import build_run
+    from bench.machine.native import NativeMachine
+    from bench.recording import OpRecording
+
+    run = build_run("kscand", {}, 0)
+    initial = run.guest.mem.copy()
+    recording = OpRecording()
+    native = NativeMachine(run.guest.mem, run.guest.mode, run.cr3s)
+    t0 = time.perf_counter()
+    native.run(recording.tee(itertools.islice(run.ops, n), run.guest.mem))
+    return run, initial, recording, time.perf_counter() - t0
+
+
+def _record(n: int):
+    def time_func(loops: int) -> float:
+        total = 0.0
+        for _ in range(loops):
+            recording, seconds = _recorded(n)[2:]
+            recording.close()
+            total += seconds
+        return total
+
+    return time_func
+
+
+def _replay(policy: str, n: int):
+    from bench.cell import machine_for
+    from bench.registry import make_policy
+
+    def time_func(loops: int) -> float:
+        run, initial, recording, _ = _recorded(n)
+        total = 0.0
+        for _ in range(loops):
+            mem = initial.copy()
+            machine = machine_for(make_policy(policy), mem, run.guest.mode, run.cr3s)
+            t0 = time.perf_counter()
+            recording.run(machine.step, mem)
             total += time.perf_counter() - t0
         return total
 
@@ -101,6 +151,9 @@ def speed_suite() -> None:
                            inner_loops=OPS)
     runner.bench_time_func("linear-scan-flood-count",
                            _sim("flood-count", "linear-scan", default, OPS), inner_loops=OPS)
+    runner.bench_time_func("kscand-record", _record(OPS), inner_loops=OPS)
+    runner.bench_time_func("kscand-flood-count-replay", _replay("flood-count", OPS),
+                           inner_loops=OPS)
     runner.bench_time_func("oracle-kscand-quick", _oracle({"quick": True}))
     runner.bench_time_func("reprice-100-cells", _reprice(), inner_loops=100)
 

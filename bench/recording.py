@@ -29,8 +29,9 @@ from typing import Any, BinaryIO
 
 from bench.machine.memory import GuestMemory
 
-CHUNK = 1 << 16
-"""Rows per packed chunk."""
+CHUNK = 1 << 13
+"""Operations per packed chunk (few enough that the cyclic garbage collector, which scans every
+live tuple, does not slow the recording down)."""
 OP_FIELDS = ("B", "H", "Q", "q", "Q", "H")
 """Array type codes of an operation's kind, cpu, addr, arg, value and insn (an index into the
 name table)."""
@@ -91,26 +92,27 @@ class _Columns:
             yield from zip(*arrays)
 
 
-def _observing(plain: type[GuestMemory], log: list[tuple[int, int, int, int]],
-               wrote: list[bool]) -> type[GuestMemory]:
-    """A GuestMemory class (same layout) that logs reads and notes writes."""
+def _observing(plain: type[GuestMemory], log: list[tuple[int, int, int, int, int]],
+               at: list[int], wrote: list[bool]) -> type[GuestMemory]:
+    """A GuestMemory class (same layout) that logs reads (with ``at[0]``, the operations
+    executed so far) and notes writes."""
 
     class Observed(plain):  # type: ignore[valid-type, misc]
         __slots__ = ()
 
         def read32(self, gpa: int) -> int:
             value = plain.read32(self, gpa)
-            log.append((READ32, gpa, 0, value))
+            log.append((at[0], READ32, gpa, 0, value))
             return value
 
         def read_entry(self, gpa: int, pae: bool) -> int:
             value = plain.read_entry(self, gpa, pae)
-            log.append((READ_ENTRY, gpa, int(pae), value))
+            log.append((at[0], READ_ENTRY, gpa, int(pae), value))
             return value
 
         def read(self, gpa: int, width: int) -> int:
             value = plain.read(self, gpa, width)
-            log.append((READ, gpa, width, value))
+            log.append((at[0], READ, gpa, width, value))
             return value
 
         def write32(self, gpa: int, value: int) -> None:
@@ -157,14 +159,16 @@ class OpRecording:
         them, with the reads of ``mem`` the workload makes while generating; the recording is
         complete when the iterator is exhausted."""
         plain = type(mem)
-        log: list[tuple[int, int, int, int]] = []
+        reads: list[tuple[int, int, int, int, int]] = []  # appended to by the observing class
+        at = [0]
         wrote = [False]
-        observed = _observing(plain, log, wrote)
+        observed = _observing(plain, reads, at, wrote)
         source = iter(ops)
         buf: list[tuple] = []
-        reads: list[tuple] = []
+        append = buf.append
         count = 0
         while True:
+            at[0] = count
             mem.__class__ = observed
             try:
                 op = next(source)
@@ -172,17 +176,13 @@ class OpRecording:
                 break
             finally:
                 mem.__class__ = plain
-            if log:
-                reads.extend((count,) + entry for entry in log)
-                log.clear()
-            buf.append(op)
+            append(op)
             count += 1
             yield op
             if len(buf) == CHUNK:
                 self._pack(buf, reads)
-                buf, reads = [], []
-        if log:
-            reads.extend((count,) + entry for entry in log)
+                buf.clear()
+                reads.clear()
         self._pack(buf, reads)
         if wrote[0]:
             self._drop()

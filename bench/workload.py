@@ -18,7 +18,10 @@ class GuestRun:
 
     ``ops`` may read guest memory while it generates (the kernel reads ptes it then decides
     on): it is consumed one operation at a time, so what it reads is the memory after every
-    operation it has yielded so far. ``sizes`` may grow while ``ops`` runs (passes, for example).
+    operation it has yielded so far. It reads only through GuestMemory's read methods (looked up
+    at the call) and writes memory only through operations: bench.cell.run_cells records the
+    reads to replay the run to several policies (docs/workloads.md, "The contract"). ``sizes``
+    may grow while ``ops`` runs (passes, for example).
     """
 
     guest: Guest

@@ -2,7 +2,7 @@
 
     python -m bench.perf -o perf.json                  # speed suite (pyperf Runner options apply)
     python -m pyperf compare_to old.json perf.json     # compare two versions
-    python -m bench.perf --memory                      # peak resident memory of single cells
+    python -m bench.perf --memory                      # peak resident memory of cells and of a run
 
 Speed benchmarks time the simulation of a fixed number of guest operations (generation and
 execution, the guest's boot excluded), with ``inner_loops`` = operations, so pyperf reports
@@ -170,8 +170,28 @@ def _peak_rss_of_cell(workload: str, params: dict, policy: str) -> dict:
     return json.loads(out.stdout)
 
 
+def _peak_rss_of_run(workload: str, params: dict) -> dict:
+    """Peak RSS of a worker computing a whole guest run: every policy and the oracle record."""
+    code = (
+        "import json, resource, time\n"
+        "from bench.cell import run_cells\n"
+        "from bench.registry import policies\n"
+        f"t = time.perf_counter(); n = sum(1 for _ in run_cells(sorted(policies()), {workload!r}, "
+        f"{params!r}, 0, record_oracle=True))\n"
+        "print(json.dumps({'cells': n - 1, 'seconds': time.perf_counter() - t,\n"
+        "  'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
 def memory_suite(extra: list[str]) -> None:
-    """Peak RSS of one kscand cell at the default size and at a 64 GiB PAE guest."""
+    """Peak RSS of one kscand cell at the default size and at a 64 GiB PAE guest, and of a worker
+    computing a whole default kscand run (``--no-run`` skips it, ``--no-64g`` the big guest)."""
+    if "--no-run" not in extra:
+        result = _peak_rss_of_run("kscand", {})
+        print(f"kscand default run, every policy + oracle record ({result['cells']} cells): "
+              f"{result['seconds']:.1f} s, peak RSS {result['peak_rss_mib']:.0f} MiB")
     cases = [("kscand default (1 GiB highmem, PAE)", {})]
     if "--no-64g" not in extra:
         # 0.3 guest seconds: boot, build the processes' 16,777,216 ptes and 32,768 page tables,

@@ -162,3 +162,23 @@ def test_policy_cost_profile_parameter_defaults_to_the_run_profile(tiny, monkeyp
                                                "priced[cost_profile=p4-vtx-2006]"]
     exp = experiment.build(["priced"], ["tiny"], [], False, 1, "skylake-2015")
     assert exp.policies[0].label == "priced"
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_progress_reports_every_cell_once_with_the_share_of_work_done(tiny, tmp_path, jobs):
+    exp = experiment.build(["always-emulate", "always-unshadow"], ["tiny", "tiny:pages=20"], [],
+                           False, 2)
+    calls = []
+    outcome = runner.execute(exp, str(tmp_path), jobs,
+                             progress=lambda *args: calls.append(args),
+                             weights={"tiny[pages=6]": 1.0, "tiny[pages=20]": 3.0})
+    total = len(exp.cells()) + len(exp.oracle_cells())
+    assert outcome.computed == total and calls[0] == (0, total, 0, "", 0.0)
+    done = [c[0] for c in calls[1:]]
+    assert done == list(range(1, total + 1))  # each cell once, in the order they finished
+    fractions = [c[4] for c in calls]
+    assert fractions == sorted(fractions) and abs(fractions[-1] - 1.0) < 1e-9
+    # the bigger guest's cells count three times as much
+    big = [c[4] - p[4] for p, c in zip(calls, calls[1:]) if c[3].startswith("tiny[pages=20]")]
+    small = [c[4] - p[4] for p, c in zip(calls, calls[1:]) if c[3].startswith("tiny[pages=6]")]
+    assert big and small and abs(big[0] - 3 * small[0]) < 1e-9

@@ -213,7 +213,10 @@ def groups_of(cells: list[Cell], jobs: int,
             policy_cells = [c for c in group if c.policy is not None]
             n = max(1, min(parts, len(policy_cells)))
             chunks = [policy_cells[k::n] for k in range(n)]
-            chunks[0] = oracle_cells + chunks[0]
+            if n < parts:  # room for the oracle record on its own as well
+                chunks.insert(0, oracle_cells)
+            else:
+                chunks[0] = oracle_cells + chunks[0]
             split.extend(chunk for chunk in chunks if chunk)
         groups = split
     weights = weights or {}

@@ -182,6 +182,9 @@ def test_groups_are_guest_runs_heaviest_first_and_split_when_workers_would_idle(
     assert all(g[0].policy is None for g in groups)  # the oracle record rides with its run
     one_run = _cells(["big"], ["a", "b", "c"], 1)
     split = runner.groups_of(one_run, jobs=2)
-    assert sorted(len(g) for g in split) == [1, 1, 2]
+    assert sorted(len(g) for g in split) == [1, 1, 1, 1]
+    two_runs = _cells(["big"], [f"p{i}" for i in range(6)], 2)
+    halves = runner.groups_of(two_runs, jobs=2)  # 2 parts per run: the record rides with one
+    assert sorted(len(g) for g in halves) == [3, 3, 4, 4]
     assert sorted(c.policy.name if c.policy else "oracle" for g in split for c in g) == [
         "a", "b", "c", "oracle"]

@@ -16,6 +16,6 @@ class BenchError(Exception):
 def unknown_name(kind: str, name: str, known: Iterable[str]) -> BenchError:
     """An error for an unknown name, suggesting close matches and listing what is valid."""
     known = sorted(known)
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return BenchError(f"unknown {kind} {name!r}{hint} (valid: {', '.join(known)})")

@@ -270,3 +270,14 @@ def test_charts_drawn_in_parallel_are_the_same_files(tiny_results, tmp_path):
     assert len(one) >= 4
     for a, b in zip(one, two):
         assert open(a, "rb").read() == open(b, "rb").read(), a
+
+
+def test_unknown_names_suggest_only_close_ones():
+    from bench.errors import unknown_name
+    from bench.registry import policies
+
+    names = list(policies())
+    far = str(unknown_name("policy", "no-such", names))
+    assert "did you mean" not in far and "valid: accessed-clear" in far
+    assert "did you mean flood-count? " in str(unknown_name("policy", "flod-count", names))
+    assert "did you mean xen-batch? " in str(unknown_name("policy", "xen-bach", names))

@@ -57,10 +57,9 @@ class Progress:
         self.last = 0.0
         self.width = 0
 
-    def __call__(self, done: int, total: int, reused: int, what: str,
-                 fraction: float | None = None) -> None:
+    def __call__(self, done: int, total: int, reused: int, what: str, fraction: float) -> None:
         """``fraction``: the share of the work to compute that is done (cells weighted by the
-        size of their guest), which the time left is estimated from; else the cell count."""
+        size of their guest), which the time left is estimated from."""
         now = time.monotonic()
         final = done == total
         if not self.tty and not final and now - self.last < 5:
@@ -68,8 +67,6 @@ class Progress:
         self.last = now
         elapsed = now - self.start
         computed = done - reused
-        if fraction is None:
-            fraction = computed / (total - reused) if total > reused else 1.0
         left = elapsed * (1 - fraction) / fraction if fraction > 0 else 0
         eta = f", ~{left:.0f}s left" if computed and not final else ""
         text = (f"[{done}/{total} cells{f', {reused} reused' if reused else ''}, "

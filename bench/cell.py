@@ -86,9 +86,9 @@ def _result(machine, n: int, sizes: dict[str, int]) -> CellResult:
     return CellResult(n - len(marks), counters.as_dict(), marks, dict(sizes))
 
 
-def _generated(policy: Policy, workload: str, params: dict[str, Any], seed: int,
+def _generated(policy: Policy | None, workload: str, params: dict[str, Any], seed: int,
                check: bool = False) -> CellResult:
-    """Run ``policy`` on a freshly built run that generates its own stream."""
+    """Run ``policy`` (None: natively) on a freshly built run that generates its own stream."""
     run = build_run(workload, params, seed)
     machine = executor_for(run, policy)
     step = machine.step
@@ -147,9 +147,7 @@ def run_cell(policy_spec: PolicySpec | None, workload: str, params: dict[str, An
     (``needs_trace``, the oracle) is handed the run's native recording first. ``check`` runs the
     invariant checker after every operation (slow; for tests)."""
     if policy_spec is None:
-        run = build_run(workload, params, seed)
-        machine = executor_for(run, None)
-        return _result(machine, count_ops(run.ops, machine.step), run.sizes)
+        return _generated(None, workload, params, seed)
     if not check:
         return next(run_cells([policy_spec], workload, params, seed))[1]
     policy = make_policy(policy_spec)

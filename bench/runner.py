@@ -228,7 +228,7 @@ def groups_of(cells: list[Cell], jobs: int,
 
 
 def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
-            progress: Callable[..., None] | None = None,
+            progress: Callable[[int, int, int, str, float], None] | None = None,
             weights: dict[str, float] | None = None) -> Outcome:
     """Run every cell not already stored in ``out_dir`` (all of them when not ``reuse``).
 

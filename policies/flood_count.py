@@ -51,7 +51,7 @@ class FloodCount(Policy):
     demand-fault reset of commit a25f7e1f8c and the 2.6.25 last_pte_updated check of commit
     12b7d28fc1), 2.6.27 (commit 1b7fcd3263: last_pte_updated/last_pte_gfn for speculative sptes
     only, kvm_mmu_access_page). Every trapping write is emulated; ``on_pte_write`` answers
-    ``flooded || misaligned``.
+    ``flooded`` (2.6.26 and later: ``|| bytes < 4``); the MMU adds ``|| misaligned``.
     """
 
     name = "flood-count"
@@ -99,8 +99,9 @@ class FloodCount(Policy):
             self._last_gfn[cpu] = gfn
             self._count[cpu] = 1
             self._last_pte.pop(cpu, None)
-        # the misaligned rule of every version (also applied by the MMU); 2.6.26 adds bytes < 4
-        return flooded or write.misaligned or (not self._v20 and write.bytes < 4)
+        # the misaligned rule of every version is the MMU's (ShadowMachine._mmu_pte_write);
+        # 2.6.26 adds bytes < 4
+        return flooded or (not self._v20 and write.bytes < 4)
 
     # -- notifications --------------------------------------------------------------------------
     def on_spte_set(self, cpu: int, ref: Any, speculative: bool, ptwrite: bool) -> None:

@@ -14,6 +14,16 @@ from bench.machine.shadow import ShadowMachine
 from bench.registry import make_policy
 
 
+def kmap_btr_kunmap_cycles(k, n: int) -> list:
+    """Touch everything, then ``n`` times 2.6.20+ kmap (set_pte), btr bit i, kunmap (pte_clear),
+    invlpg of the slot."""
+    vaddr = k.slot()[0]
+    ops = k.touch_all()
+    for i in range(n):
+        ops += k.set_slot(k.table) + [k.btr(i)] + k.set_slot(None) + [O.invlpg(0, vaddr)]
+    return ops
+
+
 def _setup(k, m, km_type=KM_PTE2):
     """The process uses its pages (table T shadowed, sptes present); the kernel kmaps T in the
     slot; the first btr through the slot shadows the fixmap table F."""
@@ -52,10 +62,7 @@ def test_flood_count_alternating_kmap_never_floods_non_pae(variant):
     and the T write between restarts the count: never 3."""
     k = kmap_guest(False)
     m = k.machine(f"flood-count:variant={variant}")
-    vaddr = k.slot()[0]
-    ops = k.touch_all()
-    for i in range(8):
-        ops += k.set_slot(k.table) + [k.btr(i)] + k.set_slot(None) + [O.invlpg(0, vaddr)]
+    ops = kmap_btr_kunmap_cycles(k, 8)
     c = run(m, ops)
     assert c["mmu_flooded"] == 0 and c["insn_emulation"] == 23  # 1st set_pte is not trapped
 
@@ -79,10 +86,7 @@ def test_flood_count_pae_kunmap_then_kmap_floods_the_fixmap_table(variant):
     zaps F once (worked out from K26 mmu.c:1700-1709; no variant avoids it)."""
     k = kmap_guest(True)
     m = k.machine(f"flood-count:variant={variant}")
-    vaddr = k.slot()[0]
-    ops = k.touch_all()
-    for i in range(8):
-        ops += k.set_slot(k.table) + [k.btr(i)] + k.set_slot(None) + [O.invlpg(0, vaddr)]
+    ops = kmap_btr_kunmap_cycles(k, 8)
     c = run(m, ops)
     assert c["mmu_flooded"] == 7 and c["mmu_shadow_zapped"] == 7
 

@@ -52,6 +52,31 @@ def test_kscand_visits_each_page_of_the_scanned_buckets_once_in_bucket_order(ext
     w = make_workload("kscand", {**QUICK, "cpus": 2, **extra})
     run = w.build(random.Random(3))
     zone = w.last_scanner
+
+    def expect():
+        want = []
+        if needs_scan(zone.count[:16]):
+            want += [(b, p) for b in ANON_BUCKETS for p in zone.bucket(b)]
+        if needs_scan(zone.count[16:]):
+            want += [(b, p) for b in CACHE_BUCKETS for p in zone.bucket(b)]
+        return want
+
+    passes = scan_passes(zone, run, NativeMachine(run.guest.mem, run.guest.mode, run.cr3s),
+                         expect)
+    assert len(passes) == run.sizes["passes"] >= 2
+    for want, got in passes:
+        assert got == want
+        assert len({p for _, p in got}) == len(got)
+    cache_visits = [p for b, p in zone.visited if b >= 16]
+    if extra.get("cache_count") == "cache":
+        assert cache_visits and all(zone.um.is_cache[p] for p in cache_visits)
+    else:
+        assert not cache_visits and zone.um.cache_pages == 0
+
+
+def scan_passes(zone, run, machine, expect) -> list[tuple[list, list]]:
+    """Run ``run`` on ``machine`` recording kscand's visits; per pass, (what ``expect()`` returned
+    when the pass started, the (bucket, page) pairs the pass visited)."""
     zone.record = True
     expected: list[list[tuple[int, int]]] = []
     starts: list[int] = []
@@ -61,27 +86,13 @@ def test_kscand_visits_each_page_of_the_scanned_buckets_once_in_bucket_order(ext
         result = wake(jiffy)
         if result is not None:
             starts.append(len(zone.visited))
-            want = []
-            if needs_scan(zone.count[:16]):
-                want += [(b, p) for b in ANON_BUCKETS for p in zone.bucket(b)]
-            if needs_scan(zone.count[16:]):
-                want += [(b, p) for b in CACHE_BUCKETS for p in zone.bucket(b)]
-            expected.append(want)
+            expected.append(expect())
         return result
 
     zone.wake = spy
-    NativeMachine(run.guest.mem, run.guest.mode, run.cr3s).run(run.ops)
-    assert len(expected) == run.sizes["passes"] >= 2
+    machine.run(run.ops)
     bounds = starts + [len(zone.visited)]
-    for i, want in enumerate(expected):
-        got = zone.visited[bounds[i]:bounds[i + 1]]
-        assert got == want
-        assert len({p for _, p in got}) == len(got)
-    cache_visits = [p for b, p in zone.visited if b >= 16]
-    if extra.get("cache_count") == "cache":
-        assert cache_visits and all(zone.um.is_cache[p] for p in cache_visits)
-    else:
-        assert not cache_visits and zone.um.cache_pages == 0
+    return [(want, zone.visited[bounds[i]:bounds[i + 1]]) for i, want in enumerate(expected)]
 
 
 def young_pages(um, mem) -> set[int]:
@@ -138,28 +149,14 @@ def test_kscand_passes_follow_the_kernel_loop_with_cache_pages(cache_count: str)
                                  "cache_count": cache_count})
     run = w.build(random.Random(4))
     zone = w.last_scanner
-    zone.record = True
     um = zone.um
     assert 0 < um.cache_pages < um.pages and 0 < um.shared_cache_pages < um.shared_pages
     m = NativeMachine(run.guest.mem, run.guest.mode, run.cr3s)
-    expected: list[list[tuple[int, int]]] = []
-    starts: list[int] = []
-    wake = zone.wake
-
-    def spy(jiffy):
-        result = wake(jiffy)
-        if result is not None:
-            starts.append(len(zone.visited))
-            expected.append(model_pass(zone, young_pages(um, m.mem), cache_count == "anon"))
-        return result
-
-    zone.wake = spy
-    m.run(run.ops)
-    assert len(expected) == run.sizes["passes"] >= 4
-    bounds = starts + [len(zone.visited)]
+    passes = scan_passes(zone, run, m,
+                         lambda: model_pass(zone, young_pages(um, m.mem), cache_count == "anon"))
+    assert len(passes) == run.sizes["passes"] >= 4
     revisits = partial = 0
-    for i, want in enumerate(expected):
-        got = zone.visited[bounds[i]:bounds[i + 1]]
+    for want, got in passes:
         assert got == want
         cache = [p for b, p in got if b >= 16]
         assert all(um.is_cache[p] for p in cache)

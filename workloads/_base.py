@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from bench.errors import BenchError
@@ -48,3 +49,25 @@ class GuestWorkload(Workload):
         if getattr(self, "debug_highmem", False) and self.kernel != "2.6.12":
             raise BenchError(f"workload {self.name} parameter debug_highmem=True applies only to "
                              f"kernel 2.6.12, not {self.kernel!r} (use kernel rhel3-debug for RHEL3)")
+
+    def quick_capped(self, value: int, cap: int) -> int:
+        """``value``, or at most ``cap`` when the workload runs with ``quick``."""
+        return min(value, cap) if self.quick else value
+
+
+def interleave_generators(gens: list) -> Iterator[tuple]:
+    """One operation from each live generator in turn (CPU order): a deterministic SMP merge
+    (a single generator is returned as it is)."""
+    return gens[0] if len(gens) == 1 else _round_robin(gens)
+
+
+def _round_robin(gens: list) -> Iterator[tuple]:
+    gens = list(gens)
+    while gens:
+        live = []
+        for g in gens:
+            op = next(g, None)
+            if op is not None:
+                yield op
+                live.append(g)
+        gens = live

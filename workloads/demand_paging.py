@@ -28,11 +28,11 @@ from bench.guest import KM_PTE0, Guest
 from bench.ops import COMPUTE, STORE
 from bench.params import Param
 from bench.workload import GuestRun
-from workloads._base import COMMON_PARAMS, KERNEL_PARAMS, GuestWorkload
+from workloads._base import COMMON_PARAMS, KERNEL_PARAMS, GuestWorkload, interleave_generators
 from workloads._kmap import Kernel
 from workloads._mm import PRIVATE_BASE
 from workloads._users import AccessStream, check_pattern, read_lackey
-from workloads.fork_exit import KM_USER0, interleave_generators
+from workloads.fork_exit import KM_USER0
 
 CLEAR_PAGE_CYCLES = 1024
 """clear_page of 4 KiB (rep stosl of 1024 words): about one cycle per word (an estimate)."""
@@ -60,8 +60,8 @@ class DemandPaging(GuestWorkload):
     }
 
     def build(self, rng: random.Random) -> GuestRun:
-        npages = min(self.pages, QUICK_PAGES) if self.quick else self.pages
-        rounds = min(self.rounds, QUICK_ROUNDS) if self.quick else self.rounds
+        npages = self.quick_capped(self.pages, QUICK_PAGES)
+        rounds = self.quick_capped(self.rounds, QUICK_ROUNDS)
         entries = 512 if self.pae else 1024
         ntables = -(-npages // entries)
         guest = Guest(self.pae, self.cpus * (npages + ntables) + 8, cpus=self.cpus)
@@ -82,7 +82,7 @@ class DemandPaging(GuestWorkload):
                                   max(1, round(self.touches * npages))))
         sizes = {"pages": self.cpus * npages, "page_tables": self.cpus * ntables,
                  "processes": self.cpus, "rounds": rounds}
-        ops = gens[0] if len(gens) == 1 else interleave_generators(gens)
+        ops = interleave_generators(gens)
         return GuestRun(guest, cr3s, ops, sizes)
 
     def _cpu(self, kernel: Kernel, cpu: int, cr3: int, vaddrs: list[int], ptes: list[int],

@@ -36,7 +36,7 @@ from bench.guest import KM_PTE0, KM_PTE1, USER_PDE, Guest
 from bench.ops import CR3, INVLPG, LOAD, STORE, BTR
 from bench.params import Param
 from bench.workload import GuestRun
-from workloads._base import COMMON_PARAMS, KERNEL_PARAMS, GuestWorkload
+from workloads._base import COMMON_PARAMS, KERNEL_PARAMS, GuestWorkload, interleave_generators
 from workloads._kmap import Kernel
 from workloads._mm import PRIVATE_BASE, PTE_FLAGS
 
@@ -45,19 +45,6 @@ KM_USER0 = 23
 RW_BIT = 1
 QUICK_PAGES = 256
 QUICK_CYCLES = 3
-
-
-def interleave_generators(gens: list):
-    """One operation from each live generator in turn (CPU order): a deterministic SMP merge."""
-    gens = list(gens)
-    while gens:
-        live = []
-        for g in gens:
-            op = next(g, None)
-            if op is not None:
-                yield op
-                live.append(g)
-        gens = live
 
 
 def directory_entry_kvaddr(guest: Guest, proc, vaddr: int) -> int:
@@ -86,8 +73,8 @@ class ForkExit(GuestWorkload):
     }
 
     def build(self, rng: random.Random) -> GuestRun:
-        npages = min(self.parent_pages, QUICK_PAGES) if self.quick else self.parent_pages
-        cycles = min(self.cycles, QUICK_CYCLES) if self.quick else self.cycles
+        npages = self.quick_capped(self.parent_pages, QUICK_PAGES)
+        cycles = self.quick_capped(self.cycles, QUICK_CYCLES)
         entries = 512 if self.pae else 1024
         ntables = -(-npages // entries)
         guest = Guest(self.pae, self.cpus * (npages + 2 * ntables) + 8, cpus=self.cpus)
@@ -114,7 +101,7 @@ class ForkExit(GuestWorkload):
                                   touches, cycles))
         sizes = {"pages": self.cpus * npages, "page_tables": 2 * self.cpus * ntables,
                  "processes": 2 * self.cpus, "cycles": cycles}
-        ops = gens[0] if len(gens) == 1 else interleave_generators(gens)
+        ops = interleave_generators(gens)
         return GuestRun(guest, cr3s, ops, sizes)
 
     def _cpu(self, kernel: Kernel, cpu: int, parent_cr3: int, child_cr3: int, tables: list,

@@ -46,7 +46,7 @@ class KmapBench(GuestWorkload):
 
     def build(self, rng: random.Random) -> GuestRun:
         ntables = 1 if self.tables == "same" else self.table_count
-        iterations = min(self.iterations, QUICK_ITERATIONS) if self.quick else self.iterations
+        iterations = self.quick_capped(self.iterations, QUICK_ITERATIONS)
         guest = Guest(self.pae, ntables * (PTES_PER_TABLE + 1) + 8, cpus=self.cpus)
         proc = guest.new_process()
         span = 1 << guest.mode.large_shift

@@ -91,7 +91,6 @@ class ShadowMachine:
         self.cr3 = list(cr3s)
         self.roots: list[list[ShadowPage | None]] = [[None] * 4 for _ in cr3s]
         self.batch = [0] * self.cpus
-        self.check_every_op = False
         self._unsynced = False
         self._last_walk = None
         self._reload = [False] * self.cpus
@@ -139,15 +138,8 @@ class ShadowMachine:
     # ============================================================================ running
     def run(self, ops: Iterable[tuple]) -> Counters:
         step = self.step
-        if self.check_every_op:
-            from bench.machine.invariants import check_shadow
-
-            for op in ops:
-                step(op)
-                check_shadow(self)
-        else:
-            for op in ops:
-                step(op)
+        for op in ops:
+            step(op)
         return self.counters
 
     def step(self, op: tuple) -> None:
@@ -301,13 +293,7 @@ class ShadowMachine:
 
     def _need_write_protect(self, cpu: int, gfn: int, write_fault: bool) -> bool:
         """mmu_need_write_protect (2.6.28): the policy may let a leaf page go out of sync."""
-        sps = self.by_gfn.get(gfn)
-        if not sps:
-            return False
-        for sp in sps:
-            if not sp.unsync:
-                break
-        else:
+        if not self._protected(gfn):
             return False
         if self._policy_unsyncs and self._can_unsync(gfn) \
                 and self.policy.unsync_on_map(cpu, gfn, write_fault):
@@ -484,8 +470,7 @@ class ShadowMachine:
         # a write spanning two gptes is zapped whatever the policy says: KVM only rebuilds the
         # one spte a write falls in ("misaligned accesses are too much trouble to fix up", K20
         # and later); the policy decides everything else (flooding, 2.6.26's bytes < 4)
-        zap = self.policy.on_pte_write(write) or \
-            bool((offset ^ (offset + nbytes - 1)) & ~(pte_size - 1))  # PteWrite.misaligned
+        zap = self.policy.on_pte_write(write) or write.misaligned
         sps = self.by_gfn.get(gfn)
         if not sps:
             return write

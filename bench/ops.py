@@ -29,19 +29,30 @@ The text form is documented in docs/trace-format.md and implemented in bench.tra
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
-STORE, BTR, BTS, LOAD, INVLPG, CR3, COMPUTE, MARK = range(8)
+STORE: Final = 0
+BTR: Final = 1
+BTS: Final = 2
+LOAD: Final = 3
+INVLPG: Final = 4
+CR3: Final = 5
+COMPUTE: Final = 6
+MARK: Final = 7
 KIND_NAMES: tuple[str, ...] = ("store", "btr", "bts", "load", "invlpg", "cr3", "compute", "mark")
 KIND_BY_NAME: dict[str, int] = {name: kind for kind, name in enumerate(KIND_NAMES)}
 WRITE_KINDS = frozenset((STORE, BTR, BTS))
 
-PAGE_OFFSET = 0xC0000000
+PAGE_OFFSET: Final = 0xC0000000
 """Start of the kernel's direct mapping; addresses below it are user-mode accesses."""
 
 STORE_INSNS = ("mov", "xchg", "cmpxchg", "cmpxchg8b", "or", "and")
 """Instruction classes a STORE may carry (what the emulator sees; 3.x flags all of them as
 page-table writing, K36 arch/x86/kvm/emulate.c)."""
+
+
+OpTuple = tuple[int, int, int, int, int, str]
+"""An operation's type as the executors take it (a bare tuple or an ``Op``)."""
 
 
 class Op(NamedTuple):

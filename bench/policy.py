@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
+from bench.machine.events import PteWrite as PteWrite  # (re-exported: the policy interface)
+from bench.machine.events import WriteFault as WriteFault
 from bench.params import Param, resolve
-
-if TYPE_CHECKING:
-    pass
-
 
 class Decision(enum.IntEnum):
     """What to do with a guest write that trapped on a write-protected gfn (domain.md 3.2)."""
@@ -63,70 +61,6 @@ class MMUConfig:
     sync_on_cr3: bool = False
     tdp: bool = False
     tlb_entries: int = 64
-
-
-@dataclass(slots=True)
-class WriteFault:
-    """A guest write that hit a write-protected gfn (the fault, before any emulation).
-
-    ``old_word``/``new_word`` are the aligned 4-byte word the instruction modifies, before and
-    after; ``old_gpte``/``new_gpte`` the whole guest pte (8 bytes under PAE) containing it.
-    ``leaf_only`` says every shadow page of the gfn is a leaf (level 1) page; ``can_unsync`` that
-    KVM's kvm_unsync_page would accept it (leaf only, a single role).
-    """
-
-    cpu: int
-    vaddr: int
-    gpa: int
-    gfn: int
-    width: int
-    insn: str
-    bit: int
-    old_word: int
-    new_word: int
-    old_gpte: int
-    new_gpte: int
-    pae: bool
-    user: bool
-    leaf_only: bool
-    can_unsync: bool
-
-    @property
-    def clears_accessed(self) -> bool:
-        """ptep_test_and_clear_young on a present gpte: a btr of bit 5 (``lock btrl $5``).
-
-        Recognised by the instruction, as the seed discussion proposes ("once we detected it from
-        the eip address"), whether or not the bit was set: page_referenced clears every mapping of
-        a pte_chain page unconditionally, young or not (R3 mm/rmap.c).
-        """
-        return self.insn == "btr" and self.bit == 5 and self.old_gpte & 1 == 1
-
-
-@dataclass(slots=True)
-class PteWrite:
-    """One write reaching kvm_mmu_pte_write (an emulated write to a gfn that has shadow pages).
-
-    ``offset`` is the byte offset in the page, ``bytes`` the width written, ``pte_size`` the guest
-    pte size (4 or 8), ``extra`` whether it was emulated in an exit another instruction caused,
-    ``walker`` whether it is the guest walker's dirty-bit update (not an instruction).
-    """
-
-    cpu: int
-    gpa: int
-    gfn: int
-    offset: int
-    bytes: int
-    pte_size: int
-    insn: str
-    old_gpte: int
-    new_gpte: int
-    extra: bool
-    walker: bool
-
-    @property
-    def misaligned(self) -> bool:
-        """KVM's rule (K20 and later): ``(offset ^ (offset + bytes - 1)) & ~(pte_size - 1)``."""
-        return bool((self.offset ^ (self.offset + self.bytes - 1)) & ~(self.pte_size - 1))
 
 
 class ShadowPageView(Protocol):

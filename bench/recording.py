@@ -3,8 +3,8 @@
 A workload's stream may read guest memory while it generates (bench.workload.GuestRun): the
 kernel reads a pte, then decides. So a stream is recorded from a real execution. ``tee`` passes
 every operation through to the executor that runs it and keeps a copy; while the workload is
-generating (between two operations), its guest memory is switched to an observing class that
-logs each read (method, gpa, argument, value) with the number of operations executed before it.
+generating (between two operations), its guest memory carries a ``ReadLog`` (bench.machine.memory)
+that logs each read (method, gpa, argument, value) with the number of operations executed before it.
 
 ``run`` executes the recorded operations on another executor and, at each logged point, repeats
 the reads on that executor's guest memory. The workload is deterministic given its random
@@ -14,7 +14,7 @@ the ones the workload would have generated on that executor; at the first read t
 workload that writes guest memory directly while generating cannot be replayed (``usable`` turns
 False); nor can a field outside its array type.
 
-Operations and reads are packed into arrays of 2**16 rows (29 bytes per operation instead of a
+Operations and reads are packed into arrays of ``CHUNK`` rows (29 bytes per operation instead of a
 tuple's ~130), kept in memory up to ``memory_budget`` bytes and spilled to an anonymous temporary
 file beyond it, so recording a long run costs disk, not memory.
 """
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any, BinaryIO
 
-from bench.machine.memory import GuestMemory
+from bench.machine.memory import READ, READ32, READ_ENTRY, GuestMemory, ReadLog
 
 CHUNK = 1 << 13
 """Operations per packed chunk (few enough that the cyclic garbage collector, which scans every
@@ -37,7 +37,6 @@ OP_FIELDS = ("B", "H", "Q", "q", "Q", "H")
 name table)."""
 READ_FIELDS = ("Q", "B", "Q", "B", "Q")
 """A read's operations-before, method (READ32, READ_ENTRY, READ), gpa, argument, value."""
-READ32, READ_ENTRY, READ = 0, 1, 2
 DEFAULT_BUDGET = 128 << 20
 """Bytes of packed chunks kept in memory before the rest goes to a temporary file."""
 
@@ -77,7 +76,8 @@ class _Columns:
             if len(chunk) != 2:
                 yield chunk  # type: ignore[misc]
                 continue
-            offset, n = chunk  # type: ignore[misc]
+            offset = int(chunk[0])  # type: ignore[arg-type]
+            n = int(chunk[1])  # type: ignore[arg-type]
             handle = self.owner.spill_file()
             handle.seek(offset)
             arrays = []
@@ -90,48 +90,6 @@ class _Columns:
     def rows(self) -> Iterator[tuple]:
         for arrays in self.columns():
             yield from zip(*arrays)
-
-
-def _observing(plain: type[GuestMemory], log: list[tuple[int, int, int, int, int]],
-               at: list[int], wrote: list[bool]) -> type[GuestMemory]:
-    """A GuestMemory class (same layout) that logs reads (with ``at[0]``, the operations
-    executed so far) and notes writes."""
-
-    class Observed(plain):  # type: ignore[valid-type, misc]
-        __slots__ = ()
-
-        def read32(self, gpa: int) -> int:
-            value = plain.read32(self, gpa)
-            log.append((at[0], READ32, gpa, 0, value))
-            return value
-
-        def read_entry(self, gpa: int, pae: bool) -> int:
-            value = plain.read_entry(self, gpa, pae)
-            log.append((at[0], READ_ENTRY, gpa, int(pae), value))
-            return value
-
-        def read(self, gpa: int, width: int) -> int:
-            value = plain.read(self, gpa, width)
-            log.append((at[0], READ, gpa, width, value))
-            return value
-
-        def write32(self, gpa: int, value: int) -> None:
-            wrote[0] = True
-            plain.write32(self, gpa, value)
-
-        def write(self, gpa: int, width: int, value: int) -> None:
-            wrote[0] = True
-            plain.write(self, gpa, width, value)
-
-        def write_entry(self, gpa: int, pae: bool, value: int) -> None:
-            wrote[0] = True
-            plain.write_entry(self, gpa, pae, value)
-
-        def add_table_page(self, gfn: int) -> Any:
-            wrote[0] = True
-            return plain.add_table_page(self, gfn)
-
-    return Observed
 
 
 class OpRecording:
@@ -158,24 +116,21 @@ class OpRecording:
         """Yield ``ops`` one at a time (each is executed before the next is generated) and keep
         them, with the reads of ``mem`` the workload makes while generating; the recording is
         complete when the iterator is exhausted."""
-        plain = type(mem)
-        reads: list[tuple[int, int, int, int, int]] = []  # appended to by the observing class
-        at = [0]
-        wrote = [False]
-        observed = _observing(plain, reads, at, wrote)
+        log = ReadLog()
+        reads = log.reads
         source = iter(ops)
         buf: list[tuple] = []
         append = buf.append
         count = 0
         while True:
-            at[0] = count
-            mem.__class__ = observed
+            log.at = count
+            mem.log = log
             try:
-                op = next(source)
-            except StopIteration:
-                break
+                op = next(source, None)
             finally:
-                mem.__class__ = plain
+                mem.log = None
+            if op is None:
+                break
             append(op)
             count += 1
             yield op
@@ -184,7 +139,7 @@ class OpRecording:
                 buf.clear()
                 reads.clear()
         self._pack(buf, reads)
-        if wrote[0]:
+        if log.wrote:
             self._drop()
 
     def _pack(self, ops: list[tuple], reads: list[tuple]) -> None:

@@ -86,13 +86,47 @@ EXIT_REASON_OF_CAUSE: dict[str, str] = {
 
 
 class Counters:
-    """Mutable integer counters, one attribute per name in ALL_COUNTERS (fast to increment)."""
+    """Mutable integer counters, one attribute per name in ALL_COUNTERS (fast to increment).
+
+    The attributes are spelt out (not made from ALL_COUNTERS at run time) so that the compiled
+    core (bench._compiled) knows them; tests/test_compiled.py checks the two lists agree."""
 
     __slots__ = ALL_COUNTERS
 
     def __init__(self) -> None:
-        for name in ALL_COUNTERS:
-            setattr(self, name, 0)
+        self.exits: int = 0
+        self.pf_fixed: int = 0
+        self.pf_guest: int = 0
+        self.invlpg: int = 0
+        self.tlb_flush: int = 0
+        self.insn_emulation: int = 0
+        self.insn_emulation_extra: int = 0
+        self.mmu_pte_write: int = 0
+        self.mmu_pte_updated: int = 0
+        self.mmu_pde_zapped: int = 0
+        self.mmu_flooded: int = 0
+        self.mmu_shadow_zapped: int = 0
+        self.mmu_cache_miss: int = 0
+        self.mmu_unsync: int = 0
+        self.exit_ptwrite_emulate: int = 0
+        self.exit_ptwrite_unshadow: int = 0
+        self.exit_ptwrite_unsync: int = 0
+        self.exit_hidden_fault: int = 0
+        self.exit_guest_fault: int = 0
+        self.exit_invlpg: int = 0
+        self.exit_cr3: int = 0
+        self.mmu_resync: int = 0
+        self.mmu_resync_gpte: int = 0
+        self.tdp_tlb_miss: int = 0
+        self.tdp_walk_refs: int = 0
+        self.native_walk_refs: int = 0
+        self.native_load: int = 0
+        self.native_store: int = 0
+        self.native_locked_rmw: int = 0
+        self.native_invlpg: int = 0
+        self.native_cr3: int = 0
+        self.native_page_fault: int = 0
+        self.native_compute_cycles: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """Every counter, with ``exits`` derived from the exit causes."""

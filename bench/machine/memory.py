@@ -3,28 +3,53 @@
 Pages the guest kernel uses as page tables are held as dense arrays (the simulator reads and
 writes their entries constantly); every other page is held sparsely, one dict entry per written
 word, so a guest of millions of data pages costs only what it writes. Unwritten memory reads 0.
+
+A recording (bench.recording) attaches a ``ReadLog`` while the workload generates its next
+operation: every read through ``read32``, ``read_entry`` and ``read`` is logged and every write
+noted; at other times (the executors' own accesses) ``log`` is None.
 """
 
 from __future__ import annotations
 
 from array import array
+from typing import Final
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
+PAGE_SHIFT: Final = 12
+PAGE_SIZE: Final = 4096
 _ZERO_PAGE = array("I", bytes(PAGE_SIZE))
+READ32: Final = 0
+READ_ENTRY: Final = 1
+READ: Final = 2
+"""How a logged read was made: ``read32``, ``read_entry`` or ``read``."""
+
+
+class ReadLog:
+    """The reads made while a log is attached: ``(at, method, gpa, arg, value)`` with ``at`` the
+    operations executed before (set by the recorder), ``arg`` read_entry's pae or read's width;
+    ``wrote`` is set by any write."""
+
+    __slots__ = ("at", "reads", "wrote")
+
+    def __init__(self) -> None:
+        self.at = 0
+        self.reads: list[tuple[int, int, int, int, int]] = []
+        self.wrote = False
 
 
 class GuestMemory:
     """Guest-physical memory addressed by gpa (bytes); words are 4 bytes, little-endian."""
 
-    __slots__ = ("tables", "words")
+    __slots__ = ("tables", "words", "log")
 
     def __init__(self) -> None:
-        self.tables: dict[int, array] = {}
+        self.tables: dict[int, array[int]] = {}
         self.words: dict[int, int] = {}
+        self.log: ReadLog | None = None
 
-    def add_table_page(self, gfn: int) -> array:
+    def add_table_page(self, gfn: int) -> array[int]:
         """Hold page ``gfn`` densely (the guest allocated it as a page table); keeps its contents."""
+        if self.log is not None:
+            self.log.wrote = True
         page = self.tables.get(gfn)
         if page is None:
             page = array("I", _ZERO_PAGE)
@@ -41,11 +66,15 @@ class GuestMemory:
     def read32(self, gpa: int) -> int:
         """The aligned 4-byte word containing ``gpa``."""
         page = self.tables.get(gpa >> PAGE_SHIFT)
-        if page is not None:
-            return page[(gpa & 0xFFF) >> 2]
-        return self.words.get(gpa >> 2, 0)
+        value = page[(gpa & 0xFFF) >> 2] if page is not None else self.words.get(gpa >> 2, 0)
+        log = self.log
+        if log is not None:
+            log.reads.append((log.at, READ32, gpa, 0, value))
+        return value
 
     def write32(self, gpa: int, value: int) -> None:
+        if self.log is not None:
+            self.log.wrote = True
         page = self.tables.get(gpa >> PAGE_SHIFT)
         if page is not None:
             page[(gpa & 0xFFF) >> 2] = value
@@ -59,13 +88,16 @@ class GuestMemory:
         page = self.tables.get(gpa >> PAGE_SHIFT)
         if page is not None:
             i = (gpa & 0xFFF) >> 2
-            if pae:
-                return page[i] | (page[i + 1] << 32)
-            return page[i]
-        if pae:
+            value = page[i] | (page[i + 1] << 32) if pae else page[i]
+        elif pae:
             w = gpa >> 2
-            return self.words.get(w, 0) | (self.words.get(w + 1, 0) << 32)
-        return self.words.get(gpa >> 2, 0)
+            value = self.words.get(w, 0) | (self.words.get(w + 1, 0) << 32)
+        else:
+            value = self.words.get(gpa >> 2, 0)
+        log = self.log
+        if log is not None:
+            log.reads.append((log.at, READ_ENTRY, gpa, int(pae), value))
+        return value
 
     def write_entry(self, gpa: int, pae: bool, value: int) -> None:
         if pae:
@@ -77,15 +109,24 @@ class GuestMemory:
     # -- byte-granular access (stores and loads of any width) ------------------------------
     def read(self, gpa: int, width: int) -> int:
         """``width`` bytes at ``gpa`` as an unsigned little-endian integer (may span words)."""
-        if width == 4 and not gpa & 3:
-            return self.read32(gpa)
-        value = 0
-        for i in range(width):
-            a = gpa + i
-            value |= ((self.read32(a & ~3) >> (8 * (a & 3))) & 0xFF) << (8 * i)
+        log, self.log = self.log, None  # logged once, as a READ
+        try:
+            if width == 4 and not gpa & 3:
+                value = self.read32(gpa)
+            else:
+                value = 0
+                for i in range(width):
+                    a = gpa + i
+                    value |= ((self.read32(a & ~3) >> (8 * (a & 3))) & 0xFF) << (8 * i)
+        finally:
+            self.log = log
+        if log is not None:
+            log.reads.append((log.at, READ, gpa, width, value))
         return value
 
     def write(self, gpa: int, width: int, value: int) -> None:
+        if self.log is not None:
+            self.log.wrote = True
         if width == 4 and not gpa & 3:
             self.write32(gpa, value & 0xFFFFFFFF)
             return

@@ -18,7 +18,7 @@ from bench.errors import BenchError
 from bench.machine.counters import Counters
 from bench.machine.memory import GuestMemory
 from bench.machine.paging import Mode, Walk, walk
-from bench.ops import BTR, BTS, COMPUTE, CR3, INVLPG, LOAD, MARK, PAGE_OFFSET, STORE
+from bench.ops import BTR, BTS, COMPUTE, CR3, INVLPG, LOAD, MARK, PAGE_OFFSET, STORE, OpTuple
 
 
 def apply_write(mem: GuestMemory, gpa: int, kind: int, width: int, value: int) -> None:
@@ -76,7 +76,7 @@ class NativeMachine:
         self.counters = Counters()
         self.marks: list[tuple[int, dict[str, int]]] = []
 
-    def step(self, op: tuple) -> None:
+    def step(self, op: OpTuple) -> None:
         kind, cpu, addr, arg, value = op[0], op[1], op[2], op[3], op[4]
         c = self.counters
         count_native(c, kind, arg)
@@ -108,7 +108,7 @@ class NativeMachine:
     def _loaded_cr3(self, cr3: int) -> None:
         """The vCPU loaded ``cr3``."""
 
-    def run(self, ops: Iterable[tuple]) -> Counters:
+    def run(self, ops: Iterable[OpTuple]) -> Counters:
         step = self.step
         for op in ops:
             step(op)

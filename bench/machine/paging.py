@@ -9,22 +9,22 @@ entry faults. PAE PDPT entries have no accessed bit and are not written.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from bench.machine.memory import GuestMemory
 
-P = 0x001
-RW = 0x002
-US = 0x004
-A = 0x020
-D = 0x040
-PS = 0x080
-G = 0x100
-BIT_ACCESSED = 5
+P: Final = 0x001
+RW: Final = 0x002
+US: Final = 0x004
+A: Final = 0x020
+D: Final = 0x040
+PS: Final = 0x080
+G: Final = 0x100
+BIT_ACCESSED: Final = 5
 """_PAGE_BIT_ACCESSED (R3 include/asm-i386/pgtable.h)."""
 
-ADDR_MASK_32 = 0xFFFFF000
-ADDR_MASK_PAE = 0x000FFFFFFFFFF000
+ADDR_MASK_32: Final = 0xFFFFF000
+ADDR_MASK_PAE: Final = 0x000FFFFFFFFFF000
 """PAE entries carry up to 52 address bits (KVM's PT64_BASE_ADDR_MASK); real 32-bit CPUs use 36."""
 
 
@@ -47,29 +47,37 @@ def mode_for(pae: bool) -> Mode:
     return PAE if pae else NONPAE
 
 
-class Walk(NamedTuple):
+_WALK_FIELDS: Final = ("gfn", "pt_gfn", "pd_gfn", "leaf_gpa", "leaf", "writable", "user", "dirty",
+                       "dirtied")
+
+
+class Walk:
     """The result of a successful guest walk.
 
     ``pt_gfn`` is the gfn of the leaf page table (None when a PS=1 directory entry maps the page),
     ``pd_gfn`` the gfn of the page directory holding the directory entry, ``leaf_gpa``/``leaf`` the
     leaf entry's gpa and value after the walk's A/D updates, ``writable``/``user`` the combined
     permissions, ``dirty`` whether the leaf's D bit is set and ``dirtied`` whether this walk set
-    it (a write through a clean leaf).
+    it (a write through a clean leaf). (A plain class: a native one in the compiled core.)
     """
 
-    gfn: int
-    pt_gfn: int | None
-    pd_gfn: int
-    leaf_gpa: int
-    leaf: int
-    writable: bool
-    user: bool
-    dirty: bool
-    dirtied: bool
+    __slots__ = _WALK_FIELDS
 
+    def __init__(self, gfn: int, pt_gfn: int | None, pd_gfn: int, leaf_gpa: int, leaf: int,
+                 writable: bool, user: bool, dirty: bool, dirtied: bool) -> None:
+        self.gfn = gfn
+        self.pt_gfn = pt_gfn
+        self.pd_gfn = pd_gfn
+        self.leaf_gpa = leaf_gpa
+        self.leaf = leaf
+        self.writable = writable
+        self.user = user
+        self.dirty = dirty
+        self.dirtied = dirtied
 
-_new_walk = tuple.__new__
-"""Builds a Walk without NamedTuple's Python-level __new__ (half the cost, same object)."""
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in _WALK_FIELDS)
+        return f"Walk({fields})"
 
 
 def directory_entry_gpa(mem: GuestMemory, mode: Mode, cr3: int, vaddr: int) -> int:
@@ -128,8 +136,8 @@ def walk(mem: GuestMemory, mode: Mode, cr3: int, vaddr: int, write: bool, user: 
                 pde = want
         span = (1 << (mode.large_shift - 12)) - 1
         gfn = ((pde & mask) >> 12 & ~span) + ((vaddr >> 12) & span)
-        return _new_walk(Walk, (gfn, None, pde_gpa >> 12, pde_gpa, pde, bool(pde & RW),
-                                bool(pde & US), bool(pde & D), dirtied))
+        return Walk(gfn, None, pde_gpa >> 12, pde_gpa, pde, bool(pde & RW), bool(pde & US),
+                    bool(pde & D), dirtied)
     pte_gpa = (pde & mask) + (((vaddr >> 12) & (mode.entries - 1)) * mode.entry_size)
     page = tables.get(pte_gpa >> 12)
     if page is not None:
@@ -150,5 +158,5 @@ def walk(mem: GuestMemory, mode: Mode, cr3: int, vaddr: int, write: bool, user: 
         if want != pte:
             mem.write32(pte_gpa, want & 0xFFFFFFFF)
             pte = want
-    return _new_walk(Walk, ((pte & mask) >> 12, (pde & mask) >> 12, pde_gpa >> 12, pte_gpa, pte,
-                            writable, bool(pde & US and pte & US), bool(pte & D), dirtied))
+    return Walk((pte & mask) >> 12, (pde & mask) >> 12, pde_gpa >> 12, pte_gpa, pte, writable,
+                bool(pde & US and pte & US), bool(pte & D), dirtied)

@@ -24,20 +24,23 @@ speculative sptes (installed from an emulated write) until the guest really uses
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, Final
 
 from bench.errors import BenchError
 from bench.machine.counters import Counters
 from bench.machine.memory import GuestMemory
 from bench.machine.native import apply_write, count_native
-from bench.machine.paging import ADDR_MASK_PAE, Mode, walk
-from bench.ops import BTR, BTS, COMPUTE, CR3, INVLPG, LOAD, MARK, PAGE_OFFSET, STORE
+from bench.machine.paging import ADDR_MASK_PAE, Mode, Walk, walk
+from bench.ops import BTR, BTS, COMPUTE, CR3, INVLPG, LOAD, MARK, PAGE_OFFSET, STORE, OpTuple
 from bench.policy import NOTIFICATION_HOOKS, Decision, MMUConfig, Policy, PteWrite, WriteFault, overridden
 
-SPTE_P = 0x1
-SPTE_W = 0x2
-SPTE_A = 0x20
+SPTE_P: Final = 0x1
+SPTE_W: Final = 0x2
+SPTE_A: Final = 0x20
 
-_FIXED, _PTWRITE, _GUEST_FAULT = 0, 1, 2
+_FIXED: Final = 0
+_PTWRITE: Final = 1
+_GUEST_FAULT: Final = 2
 _EMULATE, _UNSHADOW, _UNSHADOW_NATIVE, _UNSYNC = (Decision.EMULATE, Decision.UNSHADOW,
                                                  Decision.UNSHADOW_NATIVE, Decision.UNSYNC)
 
@@ -85,14 +88,15 @@ class ShadowMachine:
         self.marks: list[tuple[int, dict[str, int]]] = []
         self.pages: dict[tuple[int, int, int, bool], ShadowPage] = {}
         self.by_gfn: dict[int, list[ShadowPage]] = {}  # indirect shadow pages per gfn
-        self.rmap: dict[int, tuple | set] = {}  # gfn -> leaf spte(s) mapping it: see rmap_entries
+        # gfn -> the leaf spte(s) mapping it: one (sp, idx) or a set of them (see rmap_entries)
+        self.rmap: dict[int, Any] = {}
         self.unsync_pages: set[ShadowPage] = set()
         self.cpus = len(cr3s)
         self.cr3 = list(cr3s)
         self.roots: list[list[ShadowPage | None]] = [[None] * 4 for _ in cr3s]
         self.batch = [0] * self.cpus
         self._unsynced = False
-        self._last_walk = None
+        self._last_walk: Walk | None = None
         self._reload = [False] * self.cpus
         self._policy_unsyncs = overridden(policy, "unsync_on_map")
         self._decides_writes = overridden(policy, "on_write_fault")
@@ -106,6 +110,8 @@ class ShadowMachine:
         self._on_guest_fault = self._hooks.get("on_guest_fault")
         self._on_shadow_fault = self._hooks.get("on_shadow_fault")
         self._esize = mode.entry_size
+        self._update_spte = self.cfg.update_spte_on_write  # (read on every trap)
+        self._dirty_bit_pte_write = self.cfg.dirty_bit_pte_write
         policy.attach(self)
         for cpu in range(self.cpus):
             self._load_roots(cpu)
@@ -136,13 +142,13 @@ class ShadowMachine:
         return tuple(sorted(sp.level for sp in self.by_gfn.get(gfn, ())))
 
     # ============================================================================ running
-    def run(self, ops: Iterable[tuple]) -> Counters:
+    def run(self, ops: Iterable[OpTuple]) -> Counters:
         step = self.step
         for op in ops:
             step(op)
         return self.counters
 
-    def step(self, op: tuple) -> None:
+    def step(self, op: OpTuple) -> None:
         kind, cpu, addr, arg, value, insn = op
         if self.batch[cpu] and self._emulate_extra(kind, cpu, addr, arg, value, insn):
             return
@@ -199,7 +205,7 @@ class ShadowMachine:
             if self._on_guest_fault:
                 self._on_guest_fault(cpu)
             return _GUEST_FAULT
-        if w.dirtied and self.cfg.dirty_bit_pte_write:
+        if w.dirtied and self._dirty_bit_pte_write:
             # walk_addr: cmpxchg_gpte(D) then kvm_mmu_pte_write(pte_gpa, pte) (2.6.21-2.6.30)
             size = self.mode.entry_size
             self._mmu_pte_write(cpu, w.leaf_gpa, size, "walker", w.leaf & ~0x40, w.leaf,
@@ -250,9 +256,9 @@ class ShadowMachine:
     def _get_page(self, gfn: int, level: int, quadrant: int, direct: bool) -> ShadowPage:
         """kvm_mmu_get_page: find the shadow page for this role or create it (mmu_cache_miss)."""
         if not direct:
-            for sp in self.by_gfn.get(gfn, ()):
-                if sp.unsync:
-                    self._sync_page(sp)  # 2.6.28 kvm_mmu_get_page syncs an unsync page it meets
+            for unsync_sp in self.by_gfn.get(gfn, ()):
+                if unsync_sp.unsync:
+                    self._sync_page(unsync_sp)  # 2.6.28 kvm_mmu_get_page syncs an unsync page it meets
         key = (gfn, level, quadrant, direct)
         sp = self.pages.get(key)
         if sp is not None:
@@ -366,6 +372,7 @@ class ShadowMachine:
         if status == _GUEST_FAULT:
             return
         w = self._last_walk
+        assert w is not None  # set by the _page_fault that did not return _GUEST_FAULT
         gpa = (w.gfn << 12) | (vaddr & 0xFFF)
         if status != _PTWRITE:  # the fault installed a writable, accessed spte: run natively
             apply_write(self.mem, gpa, kind, arg, value)
@@ -427,7 +434,7 @@ class ShadowMachine:
         sp1 = None if sp2 is None else sp2.children.get((vaddr >> 21) & 0x1FF)
         idx = (vaddr >> 12) & 0x1FF
         spte = None if sp1 is None else sp1.sptes.get(idx)
-        if spte is None or self._protected(spte >> 12):
+        if sp1 is None or spte is None or self._protected(spte >> 12):
             # the zap removed the spte itself (a table mapping its own page), or a root reload
             # protected the gfn again: fault again
             self._write_fault(kind, cpu, vaddr, arg, value, insn, True)
@@ -474,7 +481,7 @@ class ShadowMachine:
         sps = self.by_gfn.get(gfn)
         if not sps:
             return write
-        update = self.cfg.update_spte_on_write
+        update = self._update_spte
         flood_page = self._flood_page
         for sp in (sps[:] if len(sps) > 1 else sps):  # (a zap changes the list)
             if sp.zapped:

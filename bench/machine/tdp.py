@@ -33,6 +33,7 @@ EPT translation of the PDPT at a PAE cr3 load, and exits for anything but paging
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Final
 from collections.abc import Iterable
 
 from bench.errors import BenchError
@@ -40,10 +41,10 @@ from bench.machine.counters import Counters
 from bench.machine.memory import GuestMemory
 from bench.machine.native import apply_write, count_native
 from bench.machine.paging import G, P, PS, US, Mode, directory_entry_gpa, walk
-from bench.ops import BTR, BTS, CR3, INVLPG, LOAD, MARK, PAGE_OFFSET, STORE
+from bench.ops import BTR, BTS, CR3, INVLPG, LOAD, MARK, PAGE_OFFSET, STORE, OpTuple
 from bench.policy import MMUConfig, Policy
 
-EPT_LEVELS = 4
+EPT_LEVELS: Final = 4
 """x86-64 hosts walk a 4-level EPT (or NPT) for every guest-physical address."""
 
 
@@ -85,13 +86,13 @@ class TdpMachine:
         self.counters = Counters()
         self.marks: list[tuple[int, dict[str, int]]] = []
 
-    def run(self, ops: Iterable[tuple]) -> Counters:
+    def run(self, ops: Iterable[OpTuple]) -> Counters:
         step = self.step
         for op in ops:
             step(op)
         return self.counters
 
-    def step(self, op: tuple) -> None:
+    def step(self, op: OpTuple) -> None:
         kind, cpu, addr, arg, value = op[0], op[1], op[2], op[3], op[4]
         c = self.counters
         count_native(c, kind, arg)

@@ -5,7 +5,7 @@ the native and shadow executors, the recording that replays a run, the oracle's 
 mypyc into the installed package, when the machine has a C compiler (setup.py; otherwise the
 install is pure Python). The compiled modules are the same source, so they give the same
 results (tests/test_compiled.py runs the golden and differential tests both ways); they run the
-shadow MMU about twice as fast.
+shadow MMU about three times as fast (docs/performance.md, "The compiled core").
 
 Users run ``python -m bench`` from a checkout, whose ``bench/`` comes before site-packages on
 ``sys.path``, so the compiled modules would never be imported by the usual search. ``install``
@@ -81,7 +81,7 @@ def _extension(root: Path, module: str) -> Path | None:
 def _matching_build(here: Path) -> tuple[Path, str] | tuple[None, str]:
     """The root of a build compiled from the sources under ``here`` (the running checkout or
     installation), looked for on sys.path; or None and why not."""
-    wanted = {m: digest(source_path(here, m)) for m in COMPILED}
+    wanted = manifest(here)["modules"]
     reason = "no compiled build installed"
     seen: set[Path] = set()
     for entry in [str(here)] + sys.path:

@@ -63,10 +63,14 @@ class GuestMemory:
         return page
 
     # -- word access (the hot path) --------------------------------------------------------
+    def _word(self, gpa: int) -> int:
+        """The aligned word containing ``gpa``, not logged (the building block of the reads)."""
+        page = self.tables.get(gpa >> PAGE_SHIFT)
+        return page[(gpa & 0xFFF) >> 2] if page is not None else self.words.get(gpa >> 2, 0)
+
     def read32(self, gpa: int) -> int:
         """The aligned 4-byte word containing ``gpa``."""
-        page = self.tables.get(gpa >> PAGE_SHIFT)
-        value = page[(gpa & 0xFFF) >> 2] if page is not None else self.words.get(gpa >> 2, 0)
+        value = self._word(gpa)
         log = self.log
         if log is not None:
             log.reads.append((log.at, READ32, gpa, 0, value))
@@ -109,17 +113,14 @@ class GuestMemory:
     # -- byte-granular access (stores and loads of any width) ------------------------------
     def read(self, gpa: int, width: int) -> int:
         """``width`` bytes at ``gpa`` as an unsigned little-endian integer (may span words)."""
-        log, self.log = self.log, None  # logged once, as a READ
-        try:
-            if width == 4 and not gpa & 3:
-                value = self.read32(gpa)
-            else:
-                value = 0
-                for i in range(width):
-                    a = gpa + i
-                    value |= ((self.read32(a & ~3) >> (8 * (a & 3))) & 0xFF) << (8 * i)
-        finally:
-            self.log = log
+        if width == 4 and not gpa & 3:
+            value = self._word(gpa)
+        else:
+            value = 0
+            for i in range(width):
+                a = gpa + i
+                value |= ((self._word(a & ~3) >> (8 * (a & 3))) & 0xFF) << (8 * i)
+        log = self.log
         if log is not None:
             log.reads.append((log.at, READ, gpa, width, value))
         return value
@@ -134,7 +135,7 @@ class GuestMemory:
             a = gpa + i
             word = a & ~3
             shift = 8 * (a & 3)
-            old = self.read32(word)
+            old = self._word(word)
             byte = (value >> (8 * i)) & 0xFF
             self.write32(word, (old & ~(0xFF << shift)) | (byte << shift))
 

@@ -258,7 +258,7 @@ class ShadowMachine:
         if not direct:
             for unsync_sp in self.by_gfn.get(gfn, ()):
                 if unsync_sp.unsync:
-                    self._sync_page(unsync_sp)  # 2.6.28 kvm_mmu_get_page syncs an unsync page it meets
+                    self._sync_page(unsync_sp)  # 2.6.28 kvm_mmu_get_page syncs what it meets
         key = (gfn, level, quadrant, direct)
         sp = self.pages.get(key)
         if sp is not None:

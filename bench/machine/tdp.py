@@ -33,8 +33,8 @@ EPT translation of the PDPT at a PAE cr3 load, and exits for anything but paging
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Final
 from collections.abc import Iterable
+from typing import Final
 
 from bench.errors import BenchError
 from bench.machine.counters import Counters

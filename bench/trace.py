@@ -149,7 +149,7 @@ def read_trace(path: str | os.PathLike) -> tuple[TraceGuest, list[int], Iterator
     """Read the header now (guest, cr3s) and return a lazy iterator over the operations."""
     name = str(path)
     try:
-        handle = open(path)
+        handle = open(path, encoding="utf-8")
     except OSError as err:
         raise BenchError(f"cannot read trace {name}: {err.strerror}") from None
     try:
@@ -167,8 +167,7 @@ def _read_header(handle: TextIO, name: str) -> tuple[TraceGuest, list[int], int]
     cr3: dict[int, int] = {}
     lineno = 0
     words: list[tuple[int, int]] = []
-    for lineno, raw in enumerate(handle, 1):
-        line = raw.split("#", 1)[0].strip()
+    for lineno, line in _lines(handle, name, 1):
         where = f"{name}:{lineno}"
         if lineno == 1:
             if line != f"{MAGIC} {VERSION}":
@@ -210,9 +209,18 @@ def _read_header(handle: TextIO, name: str) -> tuple[TraceGuest, list[int], int]
     return TraceGuest(mem, mode, cpus), [cr3[c] for c in range(cpus)], lineno
 
 
+def _lines(handle: TextIO, name: str, first: int) -> Iterator[tuple[int, str]]:
+    """``(line number, text without comment)`` from ``first`` on; bytes that are not UTF-8 are a
+    BenchError (the file is decoded in blocks, so no line number is given)."""
+    try:
+        for lineno, raw in enumerate(handle, first):
+            yield lineno, raw.split("#", 1)[0].strip()
+    except UnicodeDecodeError:
+        raise BenchError(f"{name}: not UTF-8 text") from None
+
+
 def _read_ops(handle: TextIO, name: str, lineno: int, cpus: int) -> Iterator[tuple]:
     with handle:
-        for lineno, raw in enumerate(handle, lineno + 1):
-            line = raw.split("#", 1)[0].strip()
+        for lineno, line in _lines(handle, name, lineno + 1):
             if line:
                 yield parse_op(line, f"{name}:{lineno}", cpus)

@@ -92,3 +92,10 @@ def test_replay_without_path_is_an_error():
 
     with pytest.raises(BenchError, match="needs path"):
         run_cell("always-emulate", "replay", {}, seed=0)
+
+
+def test_a_trace_that_is_not_utf8_is_a_bench_error(tmp_path):
+    path = tmp_path / "bad.trace"
+    path.write_bytes(b"shadowbench-trace 1\n\xed\xa0\x80\n")
+    with pytest.raises(BenchError, match=r"bad\.trace: not UTF-8 text"):
+        read_trace(path)

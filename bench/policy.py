@@ -174,6 +174,9 @@ class Policy:
         """A shadow page of (gfn, level) was zapped."""
 
 
+DECISION_HOOKS: tuple[str, ...] = (
+    "on_write_fault", "on_pte_write", "on_pte_write_page", "extra_emulation", "unsync_on_map",
+)
 NOTIFICATION_HOOKS: tuple[str, ...] = (
     "on_spte_set", "on_shadow_walk", "on_shadow_fault", "on_guest_fault", "on_invlpg", "on_cr3",
     "on_zap",
@@ -181,5 +184,8 @@ NOTIFICATION_HOOKS: tuple[str, ...] = (
 
 
 def overridden(policy: Policy, hook: str) -> bool:
-    """Whether ``policy`` overrides ``hook`` (so the executor must call it)."""
-    return getattr(type(policy), hook) is not getattr(Policy, hook)
+    """Whether ``policy`` answers ``hook`` with anything but the base class's default (so the
+    executor must call it). Asked of the instance: a composed policy binds its fallback's
+    methods on itself (policies/_compose.py), and a fallback's default is still a default."""
+    method = getattr(policy, hook)
+    return getattr(method, "__func__", method) is not getattr(Policy, hook)

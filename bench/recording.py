@@ -24,7 +24,6 @@ from __future__ import annotations
 import tempfile
 from array import array
 from collections.abc import Callable, Iterable, Iterator
-from itertools import islice
 from typing import Any, BinaryIO
 
 from bench.machine.memory import READ, READ32, READ_ENTRY, GuestMemory, ReadLog
@@ -178,22 +177,28 @@ class OpRecording:
     def run(self, step: Callable[[tuple], Any], mem: GuestMemory) -> int | None:
         """Execute the recorded operations with ``step`` (an executor on ``mem``), repeating the
         recorded reads on ``mem`` where the workload made them. Returns the number of operations,
-        or None at the first read that differs (the workload would have gone another way)."""
+        or None at the first read that differs (the workload would have gone another way).
+
+        The reads are walked column by column (no tuple per read), the operations pulled one at
+        a time up to each read's point: this loop runs once per operation of every replayed cell."""
         ops = self.replay()
         done = 0
-        for at, method, gpa, arg, value in self._reads.rows():
-            if at > done:
-                for op in islice(ops, at - done):
-                    step(op)
-                done = at
-            if method == READ32:
-                got = mem.read32(gpa)
-            elif method == READ_ENTRY:
-                got = mem.read_entry(gpa, bool(arg))
-            else:
-                got = mem.read(gpa, arg)
-            if got != value:
-                return None
+        for ats, methods, gpas, args, values in self._reads.columns():
+            for j in range(len(ats)):
+                at: int = ats[j]
+                while done < at:
+                    step(next(ops))
+                    done += 1
+                method: int = methods[j]
+                gpa: int = gpas[j]
+                if method == READ32:
+                    got = mem.read32(gpa)
+                elif method == READ_ENTRY:
+                    got = mem.read_entry(gpa, args[j] != 0)
+                else:
+                    got = mem.read(gpa, args[j])
+                if got != values[j]:
+                    return None
         for op in ops:
             step(op)
         return self.count

@@ -11,11 +11,8 @@ own). Every hook the composite does not decide itself is forwarded to the fallba
 from __future__ import annotations
 
 import difflib
-from typing import Any
-
 from bench.params import Param
-from bench.policy import (NOTIFICATION_HOOKS, Decision, MMUConfig, MMUView, Policy, PteWrite,
-                          ShadowPageView, WriteFault)
+from bench.policy import DECISION_HOOKS, NOTIFICATION_HOOKS, MMUConfig, MMUView, Policy
 
 
 def fallback_param(owner: str, default: str, help_text: str) -> Param:
@@ -37,12 +34,12 @@ def fallback_param(owner: str, default: str, help_text: str) -> Param:
 
 
 class ComposedPolicy(Policy):
-    """Base of a policy with a fallback: forwards every hook to ``self.fallback_policy``.
+    """Base of a policy with a fallback: every hook the subclass does not define is the fallback's.
 
-    Subclasses override the hooks they decide and call ``_build_fallback()`` in ``__init__``.
-    The forwarding methods below exist on the class so the executor sees them as overridden
-    and calls them; for speed, ``_build_fallback`` also binds the fallback's own notification
-    methods directly on the instance (an instance attribute shadows the class method).
+    Subclasses define the hooks they decide and call ``_build_fallback()`` in ``__init__``, which
+    binds the fallback's own methods for every other hook on the instance (an instance attribute
+    shadows the class's default). The executor then calls the fallback directly, and skips a
+    hook the fallback leaves at its default (bench.policy.overridden asks the instance).
     """
 
     fallback_policy: Policy
@@ -55,8 +52,8 @@ class ComposedPolicy(Policy):
         # A composite is only as TLB-like as its fallback (out-of-sync, tdp): the conformance
         # check reads this from the instance.
         self.tlb_like = type(fb).tlb_like or getattr(fb, "tlb_like", False)
-        for hook in NOTIFICATION_HOOKS:
-            if getattr(type(self), hook) is getattr(ComposedPolicy, hook):  # not handled here
+        for hook in DECISION_HOOKS + NOTIFICATION_HOOKS:
+            if getattr(type(self), hook) is getattr(Policy, hook):  # not decided here
                 setattr(self, hook, getattr(fb, hook))
 
     # -- mechanism and attachment -------------------------------------------------------------
@@ -66,42 +63,3 @@ class ComposedPolicy(Policy):
     def attach(self, mmu: MMUView) -> None:
         super().attach(mmu)
         self.fallback_policy.attach(mmu)
-
-    # -- decisions ------------------------------------------------------------------------------
-    def on_write_fault(self, fault: WriteFault) -> Decision:
-        return self.fallback_policy.on_write_fault(fault)
-
-    def on_pte_write(self, write: PteWrite) -> bool:
-        return self.fallback_policy.on_pte_write(write)
-
-    def on_pte_write_page(self, write: PteWrite, page: ShadowPageView) -> bool:
-        return self.fallback_policy.on_pte_write_page(write, page)
-
-    def extra_emulation(self, write: PteWrite) -> int:
-        return self.fallback_policy.extra_emulation(write)
-
-    def unsync_on_map(self, cpu: int, gfn: int, write_fault: bool) -> bool:
-        return self.fallback_policy.unsync_on_map(cpu, gfn, write_fault)
-
-    # -- notifications (replaced per instance by the fallback's bound methods) ------------------
-    def on_spte_set(self, cpu: int, ref: Any, speculative: bool, ptwrite: bool) -> None:
-        self.fallback_policy.on_spte_set(cpu, ref, speculative, ptwrite)
-
-    def on_shadow_walk(self, cpu: int, level: int, gfn: int) -> None:
-        self.fallback_policy.on_shadow_walk(cpu, level, gfn)
-
-    def on_shadow_fault(self, cpu: int, ptwrite: bool) -> None:
-        self.fallback_policy.on_shadow_fault(cpu, ptwrite)
-
-    def on_guest_fault(self, cpu: int) -> None:
-        self.fallback_policy.on_guest_fault(cpu)
-
-    def on_invlpg(self, cpu: int, vaddr: int) -> None:
-        self.fallback_policy.on_invlpg(cpu, vaddr)
-
-    def on_cr3(self, cpu: int, cr3: int) -> None:
-        self.fallback_policy.on_cr3(cpu, cr3)
-
-    def on_zap(self, gfn: int, level: int) -> None:
-        self.fallback_policy.on_zap(gfn, level)
-

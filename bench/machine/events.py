@@ -1,15 +1,20 @@
 """What the shadow MMU tells a policy at a decision point (bench.policy re-exports both).
 
 Built once per trapping write, so they live in the compiled core (bench/_compiled.py) as native
-classes: a policy reads their fields as attributes, as from any object.
+classes: a policy reads their fields as attributes, as from any object. They are plain classes
+with a written-out ``__init__``, not dataclasses: mypyc keeps a dataclass's generated
+``__init__`` interpreted, which cost 14% of a batched-emulation cell (callgrind).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any, ClassVar
 
 
-@dataclass
+def _fields_repr(obj: Any, fields: tuple[str, ...]) -> str:
+    return f"{type(obj).__name__}({', '.join(f'{f}={getattr(obj, f)!r}' for f in fields)})"
+
+
 class WriteFault:
     """A guest write that hit a write-protected gfn (the fault, before any emulation).
 
@@ -19,21 +24,31 @@ class WriteFault:
     KVM's kvm_unsync_page would accept it (leaf only, a single role).
     """
 
-    cpu: int
-    vaddr: int
-    gpa: int
-    gfn: int
-    width: int
-    insn: str
-    bit: int
-    old_word: int
-    new_word: int
-    old_gpte: int
-    new_gpte: int
-    pae: bool
-    user: bool
-    leaf_only: bool
-    can_unsync: bool
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "cpu", "vaddr", "gpa", "gfn", "width", "insn", "bit", "old_word", "new_word", "old_gpte",
+        "new_gpte", "pae", "user", "leaf_only", "can_unsync")
+
+    def __init__(self, cpu: int, vaddr: int, gpa: int, gfn: int, width: int, insn: str, bit: int,
+                 old_word: int, new_word: int, old_gpte: int, new_gpte: int, pae: bool,
+                 user: bool, leaf_only: bool, can_unsync: bool) -> None:
+        self.cpu = cpu
+        self.vaddr = vaddr
+        self.gpa = gpa
+        self.gfn = gfn
+        self.width = width
+        self.insn = insn
+        self.bit = bit
+        self.old_word = old_word
+        self.new_word = new_word
+        self.old_gpte = old_gpte
+        self.new_gpte = new_gpte
+        self.pae = pae
+        self.user = user
+        self.leaf_only = leaf_only
+        self.can_unsync = can_unsync
+
+    def __repr__(self) -> str:
+        return _fields_repr(self, self.FIELDS)
 
     @property
     def clears_accessed(self) -> bool:
@@ -46,7 +61,6 @@ class WriteFault:
         return self.insn == "btr" and self.bit == 5 and self.old_gpte & 1 == 1
 
 
-@dataclass
 class PteWrite:
     """One write reaching kvm_mmu_pte_write (an emulated write to a gfn that has shadow pages).
 
@@ -55,17 +69,26 @@ class PteWrite:
     ``walker`` whether it is the guest walker's dirty-bit update (not an instruction).
     """
 
-    cpu: int
-    gpa: int
-    gfn: int
-    offset: int
-    bytes: int
-    pte_size: int
-    insn: str
-    old_gpte: int
-    new_gpte: int
-    extra: bool
-    walker: bool
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "cpu", "gpa", "gfn", "offset", "bytes", "pte_size", "insn", "old_gpte", "new_gpte",
+        "extra", "walker")
+
+    def __init__(self, cpu: int, gpa: int, gfn: int, offset: int, bytes: int, pte_size: int,
+                 insn: str, old_gpte: int, new_gpte: int, extra: bool, walker: bool) -> None:
+        self.cpu = cpu
+        self.gpa = gpa
+        self.gfn = gfn
+        self.offset = offset
+        self.bytes = bytes
+        self.pte_size = pte_size
+        self.insn = insn
+        self.old_gpte = old_gpte
+        self.new_gpte = new_gpte
+        self.extra = extra
+        self.walker = walker
+
+    def __repr__(self) -> str:
+        return _fields_repr(self, self.FIELDS)
 
     @property
     def misaligned(self) -> bool:

@@ -102,15 +102,17 @@ class Policy:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
-    tlb_like: ClassVar[bool] = False
+    tlb_like: bool = False
     """True for policies that, like a TLB, may leave a guest accessed/dirty bit unset where a
     walk on every access would set it (out-of-sync pages, tdp); the conformance check compares
-    their guest memory with A and D masked in page-table entries (docs/model.md)."""
+    their guest memory with A and D masked in page-table entries (docs/model.md). A composed
+    policy sets it on the instance, from its fallback."""
+    mmu: MMUView
+    """The MMU this policy decides for (set by ``attach``, before the run)."""
 
     def __init__(self, **params: Any) -> None:
         """Validate ``params`` against the class's ``params`` (defaults filled in) and set them
         as attributes."""
-        self.mmu: MMUView | None = None
         for key, value in resolve(f"policy {self.name}", type(self).params, params).items():
             setattr(self, key, value)
 

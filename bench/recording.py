@@ -44,6 +44,52 @@ class _Unpackable(Exception):
     pass
 
 
+class _ReadCursor:
+    """The recorded reads in order, one at a time: ``at`` is the number of operations executed
+    before the current one (-1 when none is left)."""
+
+    def __init__(self, chunks: Iterator[tuple[array, ...]]) -> None:
+        self.chunks = chunks
+        self.ats: list[int] = []
+        self.methods: list[int] = []
+        self.gpas: list[int] = []
+        self.args: list[int] = []
+        self.values: list[int] = []
+        self.j = 0
+        self.at = -1
+        self._load()
+
+    def _load(self) -> None:
+        self.j = 0
+        self.at = -1
+        for chunk in self.chunks:
+            ats, methods, gpas, args, values = chunk
+            if len(ats):
+                self.ats, self.methods, self.gpas = ats.tolist(), methods.tolist(), gpas.tolist()
+                self.args, self.values = args.tolist(), values.tolist()
+                self.at = self.ats[0]
+                return
+
+    def agrees(self, mem: GuestMemory) -> bool:
+        """Repeat the current read on ``mem`` and move to the next; whether it gave the value
+        recorded."""
+        j = self.j
+        method, gpa, arg, value = self.methods[j], self.gpas[j], self.args[j], self.values[j]
+        if method == READ32:
+            got = mem.read32(gpa)
+        elif method == READ_ENTRY:
+            got = mem.read_entry(gpa, arg != 0)
+        else:
+            got = mem.read(gpa, arg)
+        j += 1
+        if j < len(self.ats):
+            self.j = j
+            self.at = self.ats[j]
+        else:
+            self._load()
+        return got == value
+
+
 class _Columns:
     """Rows of one shape packed column-wise into chunks, in memory or in a temporary file."""
 
@@ -179,29 +225,27 @@ class OpRecording:
         recorded reads on ``mem`` where the workload made them. Returns the number of operations,
         or None at the first read that differs (the workload would have gone another way).
 
-        The reads are walked column by column (no tuple per read), the operations pulled one at
-        a time up to each read's point: this loop runs once per operation of every replayed cell."""
-        ops = self.replay()
+        This loop runs once per operation of every replayed cell, so it works chunk by chunk on
+        lists (``array.tolist`` converts a column in one call; indexing a list costs less than
+        indexing an array)."""
+        if not self.usable:
+            raise ValueError("this run could not be recorded; generate the stream again")
+        names = self._insns
+        reads = _ReadCursor(self._reads.columns())
         done = 0
-        for ats, methods, gpas, args, values in self._reads.columns():
-            for j in range(len(ats)):
-                at: int = ats[j]
-                while done < at:
-                    step(next(ops))
-                    done += 1
-                method: int = methods[j]
-                gpa: int = gpas[j]
-                if method == READ32:
-                    got = mem.read32(gpa)
-                elif method == READ_ENTRY:
-                    got = mem.read_entry(gpa, args[j] != 0)
-                else:
-                    got = mem.read(gpa, args[j])
-                if got != values[j]:
-                    return None
-        for op in ops:
-            step(op)
-        return self.count
+        for kinds, cpus, addrs, args, values, ids in self._ops.columns():
+            kind_l, cpu_l, addr_l = kinds.tolist(), cpus.tolist(), addrs.tolist()
+            arg_l, value_l, id_l = args.tolist(), values.tolist(), ids.tolist()
+            for i in range(len(kind_l)):
+                while reads.at == done:
+                    if not reads.agrees(mem):
+                        return None
+                step((kind_l[i], cpu_l[i], addr_l[i], arg_l[i], value_l[i], names[id_l[i]]))
+                done += 1
+        while reads.at == done:  # reads after the last operation (the stream's end)
+            if not reads.agrees(mem):
+                return None
+        return done
 
     def close(self) -> None:
         """Drop the recording (and its temporary file)."""

@@ -41,11 +41,12 @@ def _discover(package: str, attribute: str, group: str, base: type) -> dict[str,
 
 
 def _add(found: dict[str, type], cls: Any, origin: str, base: type) -> None:
-    if not (isinstance(cls, type) and issubclass(cls, base)) or not cls.name:
+    name = getattr(cls, "name", "")
+    if not (isinstance(cls, type) and issubclass(cls, base)) or not name:
         raise BenchError(f"{origin} is not a named {base.__name__} subclass")
-    if cls.name in found:
-        raise BenchError(f"two {base.__name__.lower()}s are named {cls.name!r} ({origin})")
-    found[cls.name] = cls
+    if name in found:
+        raise BenchError(f"two {base.__name__.lower()}s are named {name!r} ({origin})")
+    found[name] = cls
 
 
 @cache

@@ -11,6 +11,9 @@ own). Every hook the composite does not decide itself is forwarded to the fallba
 from __future__ import annotations
 
 import difflib
+
+from mypy_extensions import mypyc_attr
+
 from bench.params import Param
 from bench.policy import DECISION_HOOKS, NOTIFICATION_HOOKS, MMUConfig, MMUView, Policy
 
@@ -33,6 +36,7 @@ def fallback_param(owner: str, default: str, help_text: str) -> Param:
     return Param(str, default, help_text, check=check)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ComposedPolicy(Policy):
     """Base of a policy with a fallback: every hook the subclass does not define is the fallback's.
 
@@ -42,6 +46,7 @@ class ComposedPolicy(Policy):
     hook the fallback leaves at its default (bench.policy.overridden asks the instance).
     """
 
+    fallback: str
     fallback_policy: Policy
 
     def _build_fallback(self) -> None:
@@ -51,7 +56,7 @@ class ComposedPolicy(Policy):
         self.fallback_policy = fb
         # A composite is only as TLB-like as its fallback (out-of-sync, tdp): the conformance
         # check reads this from the instance.
-        self.tlb_like = type(fb).tlb_like or getattr(fb, "tlb_like", False)
+        self.tlb_like = fb.tlb_like
         for hook in DECISION_HOOKS + NOTIFICATION_HOOKS:
             if getattr(type(self), hook) is getattr(Policy, hook):  # not decided here
                 setattr(self, hook, getattr(fb, hook))

@@ -25,10 +25,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from bench.policy import Decision, WriteFault
 from policies._compose import ComposedPolicy, fallback_param
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class AccessedClear(ComposedPolicy):
     """Unshadow at once, natively, on a trapping test_and_clear of the accessed bit (Andrea
     Arcangeli's proposal in the seed discussion; 3.x retry_instruction, commit 1cb3f3ae5a38, is

@@ -9,9 +9,12 @@ coherence rule (KVM rebuilds only the one spte a write falls in), not a policy c
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from bench.policy import Policy
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class AlwaysEmulate(Policy):
     name = "always-emulate"
     summary = "emulate every write to a shadowed page table, never unshadow (K26 mechanism, no flood check)"

@@ -8,9 +8,12 @@ faults once more and becomes writable, and the write runs natively. The table is
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from bench.policy import Decision, Policy, WriteFault
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class AlwaysUnshadow(Policy):
     name = "always-unshadow"
     summary = "unshadow the page table on every trapping write (kvm_mmu_unprotect_page_virt, a436036baf)"

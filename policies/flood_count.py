@@ -38,12 +38,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from bench.params import Param
 from bench.policy import MMUConfig, Policy, PteWrite
 
 VARIANTS = ("2.6.20", "2.6.26", "2.6.27")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class FloodCount(Policy):
     """KVM's per-vCPU flood detector (last_pt_write_gfn / last_pt_write_count).
 
@@ -63,6 +66,9 @@ class FloodCount(Policy):
         "threshold": Param(int, 3, "emulated writes to the same table that count as a flood "
                            "(KVM: 3)", minimum=1),
     }
+
+    variant: str
+    threshold: int
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

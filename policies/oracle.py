@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from bench.costs import DEFAULT_PROFILE, PROFILES, profile
 from bench.errors import BenchError
 from bench.oracle import Trace, unit_costs, unshadow_is_optimal
@@ -27,6 +29,7 @@ from bench.params import Param
 from bench.policy import Decision, MMUView, Policy, PteWrite, WriteFault
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Oracle(Policy):
     name = "oracle"
     summary = ("replay the offline optimum: per page table and interval between uses, emulate "
@@ -43,7 +46,8 @@ class Oracle(Policy):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self.costs = unit_costs(profile(self.cost_profile))
-        self._plan: dict[int, list[tuple[int, bool]]] | None = None
+        self._plan: dict[int, list[tuple[int, bool]]] = {}
+        self._traced = False
         self._next: dict[int, int] = {}  # index of the current interval per table
         self._count: dict[int, int] = {}  # its writes emulated so far
         self._zap_gfn = -1
@@ -54,9 +58,10 @@ class Oracle(Policy):
                              f"assumptions {trace.violations} times (docs/oracle.md)")
         self._plan = {gfn: [(iv.writes, unshadow_is_optimal(self.costs, iv)) for iv in intervals]
                       for gfn, intervals in trace.tables.items()}
+        self._traced = True
 
     def attach(self, mmu: MMUView) -> None:
-        if self._plan is None:
+        if not self._traced:
             raise BenchError("policy oracle replays a recorded run: call "
                              "use_trace(bench.oracle.trace(run)) on a fresh build of the run first")
         super().attach(mmu)

@@ -28,10 +28,13 @@ cmpxchg_gpte only), is not counted.
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from bench.params import Param
 from bench.policy import MMUConfig, Policy, PteWrite, ShadowPageView
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class PerPageFlood(Policy):
     """3.x per-shadow-page flood counter (K36 mmu.c detect_write_flooding / detect_write_misaligned,
     cleared by FNAME(fetch) on every shadow page of the fault path), on the 2.6.26 mechanism;
@@ -46,6 +49,9 @@ class PerPageFlood(Policy):
         "include_leaf": Param(bool, True, "count leaf (level-1) tables too; 3.x does not, "
                               "because they go out of sync there"),
     }
+
+    threshold: int
+    include_leaf: bool
 
     def mmu_config(self, pae: bool) -> MMUConfig:
         return MMUConfig()

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from bench.costs import DEFAULT_PROFILE, PROFILES, profile
 from bench.params import Param
 from bench.policy import Decision, Policy, PteWrite, WriteFault
 from bench.ski_rental import buy_cost, rent_cost, threshold
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class SkiRental(Policy):
     name = "ski-rental"
     summary = ("unshadow a page table at its ceil(buy/rent)-th trapping write since its last use "

@@ -12,11 +12,14 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from bench.params import Param
 from bench.ski_rental import draw_threshold
 from policies.ski_rental import SkiRental
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class SkiRentalRandom(SkiRental):
     name = "ski-rental-random"
     summary = ("unshadow a page table at a random threshold drawn per interval from Karlin et "

@@ -8,10 +8,13 @@ its simplifications are in docs/tdp.md.
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from bench.params import Param
 from bench.policy import MMUConfig, Policy
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Tdp(Policy):
     name = "tdp"
     summary = ("two-dimensional paging (EPT/NPT): no write traps, every TLB miss walks guest "

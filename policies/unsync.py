@@ -24,10 +24,13 @@ or D (the conformance check masks them).
 from __future__ import annotations
 
 
+from mypy_extensions import mypyc_attr
+
 from bench.policy import Decision, MMUConfig, WriteFault
 from policies.flood_count import FloodCount
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Unsync(FloodCount):
     """KVM 2.6.28 out-of-sync leaf shadow pages (commit 4731d4c7a077): leaf tables go writable on
     a write fault, invlpg drops one spte, cr3 loads resync; other writes: flood-count 2.6.27."""

@@ -25,11 +25,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from bench.params import Param
 from bench.policy import PteWrite
 from policies._compose import ComposedPolicy, fallback_param
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class XenBatch(ComposedPolicy):
     """After an emulated page-table write of a PAE guest, emulate up to ``extra`` more
     instructions in the same exit, stopping after the next page-table write (Xen commit
@@ -47,6 +50,9 @@ class XenBatch(ComposedPolicy):
                                    "registered policy (with its defaults) deciding unshadows and "
                                    "every other hook"),
     }
+
+    extra: int
+    pae_only: bool
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

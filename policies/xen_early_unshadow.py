@@ -28,6 +28,8 @@ write to a page table unshadows in the executor's mechanism already, as in Xen).
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from bench.policy import Policy, PteWrite
 
 
@@ -42,6 +44,7 @@ def first_written_word(write: PteWrite) -> int | None:
     return (write.new_gpte >> (8 * shift)) & 0xFFFFFFFF
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class XenEarlyUnshadow(Policy):
     """Emulate every trapping write; two emulated pte-aligned zero writes (>= 4 bytes) to one page
     table with no other emulated write or fixed fault between remove its shadows (Xen 3.3.1

@@ -39,11 +39,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from bench.params import Param
 from bench.policy import MMUConfig
 from policies.xen_early_unshadow import XenEarlyUnshadow
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class XenOOS(XenEarlyUnshadow):
     """Xen 3.3 out-of-sync L1s: unsync an L1 on a guest write fault, at most ``limit`` per vCPU in
     Xen's oos hash (common.c oos_hash_add, SHADOW_OOS_PAGES = 3), resync on cr3 write; other
@@ -57,6 +60,8 @@ class XenOOS(XenEarlyUnshadow):
                        minimum=1),
     }
     tlb_like = True
+
+    limit: int
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -84,8 +89,9 @@ class XenOOS(XenEarlyUnshadow):
         oos = self._table(cpu)
         n = self.limit
         idx = gfn % n
-        if n > 1 and oos[idx] is not None and oos[idx] % n == idx:
-            oos[idx], gfn = gfn, oos[idx]  # punt the home occupant into the next slot
+        home = oos[idx]
+        if n > 1 and home is not None and home % n == idx:
+            oos[idx], gfn = gfn, home  # punt the home occupant into the next slot
             idx = (idx + 1) % n
         victim = oos[idx]
         oos[idx] = gfn
@@ -94,9 +100,11 @@ class XenOOS(XenEarlyUnshadow):
         return True
 
     def on_cr3(self, cpu: int, cr3: int) -> None:
-        mine = self._oos.get(cpu, ())
-        others = [t for c, t in sorted(self._oos.items()) if c != cpu]
-        for table in (mine, *others):
+        tables = [t for c, t in sorted(self._oos.items()) if c != cpu]
+        mine = self._oos.get(cpu)
+        if mine is not None:
+            tables.insert(0, mine)
+        for table in tables:
             for i, gfn in enumerate(table):
                 if gfn is not None:
                     table[i] = None

@@ -43,6 +43,7 @@ COMPILED: tuple[str, ...] = (
     "bench.machine.tdp",
     "bench.recording",
     "bench.oracle",
+    "bench.guest",
     "policies._compose",
     "policies.accessed_clear",
     "policies.always_emulate",
@@ -57,6 +58,17 @@ COMPILED: tuple[str, ...] = (
     "policies.xen_batch",
     "policies.xen_early_unshadow",
     "policies.xen_oos",
+    "workloads._base",
+    "workloads._kmap",
+    "workloads._mm",
+    "workloads._scan",
+    "workloads._users",
+    "workloads.demand_paging",
+    "workloads.fork_exit",
+    "workloads.kmap",
+    "workloads.kscand",
+    "workloads.linear_scan",
+    "workloads.replay",
 )
 """The modules mypyc compiles (together, as one group: calls between them are native). The
 built-in policies' classes derive from the interpreted ``bench.policy.Policy``, so mypyc makes

@@ -80,16 +80,12 @@ def scan_passes(zone, run, machine, expect) -> list[tuple[list, list]]:
     zone.record = True
     expected: list[list[tuple[int, int]]] = []
     starts: list[int] = []
-    wake = zone.wake
 
-    def spy(jiffy):
-        result = wake(jiffy)
-        if result is not None:
-            starts.append(len(zone.visited))
-            expected.append(expect())
-        return result
+    def started() -> None:
+        starts.append(len(zone.visited))
+        expected.append(expect())
 
-    zone.wake = spy
+    zone.on_pass = started
     machine.run(run.ops)
     bounds = starts + [len(zone.visited)]
     return [(want, zone.visited[bounds[i]:bounds[i + 1]]) for i, want in enumerate(expected)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from bench.errors import BenchError
 from bench.guest import MAX_CPUS
 from bench.params import Param
@@ -40,13 +42,21 @@ def whole_pages(mib: float) -> str | None:
     return None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class GuestWorkload(Workload):
     """A guest-kernel workload: the base validates the parameters; this adds the rules that tie
-    two parameters together."""
+    two parameters together. The parameters of KERNEL_PARAMS and COMMON_PARAMS, which every
+    guest-kernel workload takes, are declared here; each subclass declares its own."""
+
+    kernel: str
+    debug_highmem: bool
+    pae: bool
+    quick: bool
+    cpus: int
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        if getattr(self, "debug_highmem", False) and self.kernel != "2.6.12":
+        if self.debug_highmem and self.kernel != "2.6.12":
             raise BenchError(f"workload {self.name} parameter debug_highmem=True applies only to "
                              f"kernel 2.6.12, not {self.kernel!r} (use kernel rhel3-debug for RHEL3)")
 

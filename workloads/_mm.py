@@ -141,6 +141,7 @@ class UserMemory:
                 table = tables.get(key)
                 if table is None:
                     tgfn = guest.page_table_for(procs[q], vaddr)
+                    assert tgfn is not None  # allocated on demand
                     table_gfn[key] = tgfn
                     table = tables[key] = mem.tables[tgfn]
                 i = (vaddr >> 12) & emask

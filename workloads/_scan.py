@@ -4,7 +4,9 @@ and the jiffy timeline that runs the user processes around the kernel's scan pas
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+
+from mypy_extensions import mypyc_attr
 
 from bench.errors import BenchError
 from bench.guest import KM_PTE2, Guest
@@ -46,8 +48,19 @@ SCAN_PARAMS: dict[str, Param] = {
 }
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ScanWorkload(GuestWorkload):
     """Base of kscand and linear-scan: the guest, the processes, and the timeline."""
+
+    highmem_mib: float
+    processes: int
+    shared: float
+    mappings: int
+    pattern: str
+    zipf_s: float
+    rate: float
+    write_fraction: float
+    seconds: float
 
     def __init__(self, **params) -> None:
         super().__init__(**params)
@@ -109,6 +122,8 @@ class ScanWorkload(GuestWorkload):
         cpus = self.cpus
         for jiffy in range(1, sizes["jiffies"] + 1):
             scan = scanner.wake(jiffy)
+            if scan is not None and scanner.on_pass is not None:
+                scanner.on_pass()
             if scan is None:
                 lists = [runner.jiffy(c) for c in range(cpus)]
                 if cpus == 1:
@@ -137,15 +152,20 @@ class ScanWorkload(GuestWorkload):
             yield (MARK, 0, 0, sizes["passes"], 0, "mark")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Scanner:
     """The kernel side of a scan workload; ``wake(jiffy)`` is called every jiffy and returns
     None, or (visits, total) for a pass that starts now: ``visits`` yields one list of operations
     per pte visited, ``total`` estimates their number (to spread the other CPUs' work).
-    With ``record`` set, ``visited`` collects (bucket, page) or (process, pte index) per visit."""
+    With ``record`` set, ``visited`` collects (bucket, page) or (process, pte index) per visit;
+    ``on_pass``, if set, is called as each pass starts (before its first visit). Both are for
+    inspection (tests): the compiled class's methods cannot be wrapped on an instance."""
 
     record = False
+    visited: list[tuple[int, int]]
+    on_pass: Callable[[], object] | None = None
 
-    def wake(self, jiffy: int):
+    def wake(self, jiffy: int) -> tuple[Iterator[list[tuple]], int] | None:
         raise NotImplementedError
 
 

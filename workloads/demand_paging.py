@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import random
 
+from mypy_extensions import mypyc_attr
+
 from bench.guest import KM_PTE0, Guest
 from bench.ops import COMPUTE, STORE
 from bench.params import Param
@@ -42,6 +44,7 @@ QUICK_PAGES = 512
 QUICK_ROUNDS = 2
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class DemandPaging(GuestWorkload):
     name = "demand-paging"
     summary = ("anonymous write faults: do_anonymous_page writes new ptes through "
@@ -58,6 +61,12 @@ class DemandPaging(GuestWorkload):
                          "lackey:PATH", check=check_pattern),
         "zipf_s": Param(float, 1.0, "zipf exponent", minimum=0.0, maximum=10.0),
     }
+
+    pages: int
+    rounds: int
+    touches: float
+    pattern: str
+    zipf_s: float
 
     def build(self, rng: random.Random) -> GuestRun:
         npages = self.quick_capped(self.pages, QUICK_PAGES)

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import random
 
+from mypy_extensions import mypyc_attr
+
 from bench.guest import KM_PTE0, KM_PTE1, USER_PDE, Guest
 from bench.ops import CR3, INVLPG, LOAD, STORE, BTR
 from bench.params import Param
@@ -56,6 +58,7 @@ def directory_entry_kvaddr(guest: Guest, proc, vaddr: int) -> int:
     return guest.kvaddr(gpa)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ForkExit(GuestWorkload):
     name = "fork-exit"
     summary = ("fork (copy_page_range) and exit (zap_pte_range) of a child, then COW faults in "
@@ -71,6 +74,11 @@ class ForkExit(GuestWorkload):
                               "cycle (COW faults on ptes fork write-protected)", minimum=0.0,
                               maximum=1.0),
     }
+
+    parent_pages: int
+    cycles: int
+    child_touches: int
+    cow_fraction: float
 
     def build(self, rng: random.Random) -> GuestRun:
         npages = self.quick_capped(self.parent_pages, QUICK_PAGES)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import random
 
+from mypy_extensions import mypyc_attr
+
 from bench.guest import KM_PTE2, Guest
 from bench.ops import BTR, LOAD, MARK
 from bench.params import Param
@@ -30,6 +32,7 @@ PTES_PER_TABLE = 16
 QUICK_ITERATIONS = 200
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class KmapBench(GuestWorkload):
     name = "kmap"
     summary = ("kmap_atomic(KM_PTE2) + test_and_clear_bit + kunmap_atomic per kernel variant "
@@ -43,6 +46,10 @@ class KmapBench(GuestWorkload):
                              minimum=2, maximum=4096),
         "iterations": Param(int, 4000, "measured kmap/btr/kunmap iterations", minimum=1),
     }
+
+    tables: str
+    table_count: int
+    iterations: int
 
     def build(self, rng: random.Random) -> GuestRun:
         ntables = 1 if self.tables == "same" else self.table_count

@@ -47,6 +47,9 @@ kscand runs on CPU 0 as a kernel thread: it borrows the running mm, no cr3 load 
 from __future__ import annotations
 
 from array import array
+from collections.abc import Iterator
+
+from mypy_extensions import mypyc_attr
 
 from bench.params import Param
 from workloads._kmap import Kernel
@@ -59,6 +62,7 @@ MIN_AGING_INTERVAL = HZ // 2
 MAX_AGING_INTERVAL = 300 * HZ
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Kscand(ScanWorkload):
     name = "kscand"
     summary = ("RHEL3 kscand: anon and cache age buckets scanned from the tail, page_referenced "
@@ -75,6 +79,10 @@ class Kscand(ScanWorkload):
                              "(65bd7b49, likely 47.EL: active_anon_count[age]) or cache (HEAD "
                              "ec0b97ce: active_cache_count[age])", choices=("anon", "cache")),
     }
+
+    pressure: float
+    cache: float
+    cache_count: str
 
     def cache_fraction(self) -> float:
         return self.cache
@@ -173,7 +181,7 @@ class AgingZone(Scanner):
         return high < low
 
     # -- kscand ----------------------------------------------------------------------------------
-    def wake(self, jiffy: int):
+    def wake(self, jiffy: int) -> tuple[Iterator[list[tuple]], int] | None:
         if self.kachunk_every and jiffy % self.kachunk_every == 0:
             self._kachunk(jiffy)
         if jiffy % MIN_AGING_INTERVAL or jiffy < self.age_next:
@@ -214,7 +222,7 @@ class AgingZone(Scanner):
             total += visits + visits * shared_cache * extra // um.cache_pages
         return total
 
-    def _pass(self, anon: bool, cache: bool):
+    def _pass(self, anon: bool, cache: bool) -> Iterator[list[tuple]]:
         """kscand's per-zone scan: if ``anon``, anon buckets 14..0, each
         scan_active_list(count = active_anon_count[age]); then if ``cache``, cache buckets 14..0,
         each scan_active_list(count = active_anon_count[age] (65bd7b49, the quirk) or
@@ -249,7 +257,7 @@ class AgingZone(Scanner):
                     referenced = False
                     if p < nshared:
                         for t in range(p * m, p * m + m):
-                            ops: list = []
+                            ops: list[tuple] = []
                             if referenced_ops(kernel, mem, chain[t], True, ops):
                                 referenced = True
                             yield ops

@@ -14,12 +14,17 @@ first wakeup); the processes, their pages and their accesses are those of kscand
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+from mypy_extensions import mypyc_attr
+
 from bench.params import Param
 from workloads._kmap import Kernel
 from workloads._mm import UserMemory
 from workloads._scan import HZ, SCAN_PARAMS, Scanner, ScanWorkload, referenced_ops
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class LinearScan(ScanWorkload):
     name = "linear-scan"
     summary = ("accessed-bit scan of every pte in virtual-address order through "
@@ -28,6 +33,8 @@ class LinearScan(ScanWorkload):
         **SCAN_PARAMS,
         "interval": Param(float, 1.0, "guest seconds between passes", minimum=0.01),
     }
+
+    interval: float
 
     def scanner(self, um: UserMemory, kernel: Kernel) -> "AddressOrderScanner":
         return AddressOrderScanner(um, kernel, max(1, round(self.interval * HZ)))
@@ -41,12 +48,12 @@ class AddressOrderScanner(Scanner):
         self.first = HZ // 2
         self.visited: list[tuple[int, int]] = []
 
-    def wake(self, jiffy: int):
+    def wake(self, jiffy: int) -> tuple[Iterator[list[tuple]], int] | None:
         if jiffy < self.first or (jiffy - self.first) % self.interval:
             return None
         return self._pass(), sum(len(p) for p in self.um.ptes)
 
-    def _pass(self):
+    def _pass(self) -> Iterator[list[tuple]]:
         kernel = self.kernel
         mem = kernel.mem
         record = self.record
@@ -56,7 +63,7 @@ class AddressOrderScanner(Scanner):
             for i, gpa in enumerate(ptes):
                 if record:
                     visited.append((q, i))
-                ops: list = []
+                ops: list[tuple] = []
                 referenced_ops(kernel, mem, gpa, i >= shared_from, ops)
                 yield ops
 

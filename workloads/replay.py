@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import random
 
+from mypy_extensions import mypyc_attr
+
 from bench.errors import BenchError
 from bench.params import Param
 from bench.trace import read_trace
 from bench.workload import GuestRun, Workload
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Replay(Workload):
     name = "replay"
     summary = "replay a saved operation trace (guest memory, cr3s and operations from the file)"
@@ -21,6 +24,9 @@ class Replay(Workload):
         "path": Param(str, "", "the trace file to replay (required)"),
         "quick": Param(bool, False, "accepted for uniformity; a trace has its own size"),
     }
+
+    path: str
+    quick: bool
 
     def build(self, rng: random.Random) -> GuestRun:
         if not self.path:

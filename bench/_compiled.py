@@ -1,11 +1,12 @@
 """The compiled simulator core: used only when it was compiled from the very sources in use.
 
-``pip install .`` compiles the simulator's hot modules (``COMPILED``: guest memory, the walker,
-the native and shadow executors, the recording that replays a run, the oracle's recorder) with
-mypyc into the installed package, when the machine has a C compiler (setup.py; otherwise the
-install is pure Python). The compiled modules are the same source, so they give the same
-results (tests/test_compiled.py runs the golden and differential tests both ways); they run the
-shadow MMU about three times as fast (docs/performance.md, "The compiled core").
+``pip install .`` compiles the modules a simulation runs in (``COMPILED``: guest memory, the
+walker, the native and shadow executors, the recording that replays a run, the oracle's
+recorder, the guest builder, the built-in policies and workloads) with mypyc into the installed
+package, when the machine has a C compiler (setup.py; otherwise the install is pure Python).
+The compiled modules are the same source, so they give the same results (tests/test_compiled.py
+runs the golden, differential and workload tests both ways); the default comparison runs about
+twice as fast (docs/performance.md, "The compiled core").
 
 Users run ``python -m bench`` from a checkout, whose ``bench/`` comes before site-packages on
 ``sys.path``, so the compiled modules would never be imported by the usual search. ``install``

@@ -11,6 +11,7 @@ from bench.errors import BenchError
 from bench.guest import USER_PTE, Guest
 from bench.machine.paging import A, D
 from bench.machine.shadow import ShadowMachine
+from bench.policy import DECISION_HOOKS, NOTIFICATION_HOOKS, overridden
 from bench.registry import make_policy
 
 
@@ -242,6 +243,22 @@ def test_accessed_clear_composes_with_xen_batch():
         make_policy("accessed-clear:fallback=accessed-clear")
     with pytest.raises(BenchError, match="flood-count"):
         make_policy("accessed-clear:fallback=flod-count")
+
+
+def test_a_composed_policy_answers_with_its_fallbacks_own_hooks():
+    """Every hook a composite does not decide is its fallback's, bound on the instance: the
+    executor calls the fallback directly and skips what the fallback leaves at the default (no
+    WriteFault for xen-batch, whose fallback never decides writes)."""
+    xb = make_policy("xen-batch")
+    fb = xb.fallback_policy
+    assert xb.on_pte_write == fb.on_pte_write and xb.on_shadow_fault == fb.on_shadow_fault
+    decided = {h for h in DECISION_HOOKS + NOTIFICATION_HOOKS if overridden(xb, h)}
+    assert decided == {"extra_emulation", "on_pte_write", "on_shadow_fault", "on_guest_fault"}
+    ac = make_policy("accessed-clear:fallback=xen-batch")
+    assert {h for h in DECISION_HOOKS if overridden(ac, h)} == {
+        "on_write_fault", "on_pte_write", "extra_emulation"}
+    assert ac.extra_emulation == ac.fallback_policy.extra_emulation
+    assert not overridden(make_policy("always-emulate"), "on_write_fault")
 
 
 # ====================================================================================== xen-batch

@@ -132,10 +132,6 @@ class _Columns:
                 arrays.append(a)
             yield tuple(arrays)
 
-    def rows(self) -> Iterator[tuple]:
-        for arrays in self.columns():
-            yield from zip(*arrays)
-
 
 class OpRecording:
     """The operations of one run, in order (MARKs included), and the reads between them."""

@@ -152,6 +152,11 @@ class ScanWorkload(GuestWorkload):
             yield (MARK, 0, 0, sizes["passes"], 0, "mark")
 
 
+PassStart = tuple[Iterator[list[tuple]], int]
+"""What ``Scanner.wake`` returns for a pass that starts: its visits (one list of operations per
+pte) and about how many there are."""
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)
 class Scanner:
     """The kernel side of a scan workload; ``wake(jiffy)`` is called every jiffy and returns
@@ -165,7 +170,7 @@ class Scanner:
     visited: list[tuple[int, int]]
     on_pass: Callable[[], object] | None = None
 
-    def wake(self, jiffy: int) -> tuple[Iterator[list[tuple]], int] | None:
+    def wake(self, jiffy: int) -> PassStart | None:
         raise NotImplementedError
 
 

@@ -54,7 +54,8 @@ from mypy_extensions import mypyc_attr
 from bench.params import Param
 from workloads._kmap import Kernel
 from workloads._mm import UserMemory
-from workloads._scan import HZ, SCAN_PARAMS, Scanner, ScanWorkload, referenced_ops
+from workloads._scan import (HZ, SCAN_PARAMS, PassStart, Scanner, ScanWorkload,
+                             referenced_ops)
 
 MAX_AGE = 15
 INITIAL_AGE = 3
@@ -181,7 +182,7 @@ class AgingZone(Scanner):
         return high < low
 
     # -- kscand ----------------------------------------------------------------------------------
-    def wake(self, jiffy: int) -> tuple[Iterator[list[tuple]], int] | None:
+    def wake(self, jiffy: int) -> PassStart | None:
         if self.kachunk_every and jiffy % self.kachunk_every == 0:
             self._kachunk(jiffy)
         if jiffy % MIN_AGING_INTERVAL or jiffy < self.age_next:

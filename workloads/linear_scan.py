@@ -21,7 +21,8 @@ from mypy_extensions import mypyc_attr
 from bench.params import Param
 from workloads._kmap import Kernel
 from workloads._mm import UserMemory
-from workloads._scan import HZ, SCAN_PARAMS, Scanner, ScanWorkload, referenced_ops
+from workloads._scan import (HZ, SCAN_PARAMS, PassStart, Scanner, ScanWorkload,
+                             referenced_ops)
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -48,7 +49,7 @@ class AddressOrderScanner(Scanner):
         self.first = HZ // 2
         self.visited: list[tuple[int, int]] = []
 
-    def wake(self, jiffy: int) -> tuple[Iterator[list[tuple]], int] | None:
+    def wake(self, jiffy: int) -> PassStart | None:
         if jiffy < self.first or (jiffy - self.first) % self.interval:
             return None
         return self._pass(), sum(len(p) for p in self.um.ptes)

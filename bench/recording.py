@@ -208,12 +208,16 @@ class OpRecording:
         self._reads.chunks.clear()
 
     # -- replaying -----------------------------------------------------------------------------
-    def replay(self) -> Iterator[tuple]:
-        """The recorded operations as ``(kind, cpu, addr, arg, value, insn)`` tuples."""
+    def _op_columns(self) -> Iterator[tuple[array, ...]]:
+        """The operations' packed chunks (only of a usable recording)."""
         if not self.usable:
             raise ValueError("this run could not be recorded; generate the stream again")
+        return self._ops.columns()
+
+    def replay(self) -> Iterator[tuple]:
+        """The recorded operations as ``(kind, cpu, addr, arg, value, insn)`` tuples."""
         name = self._insns.__getitem__
-        for kinds, cpus, addrs, args, values, ids in self._ops.columns():
+        for kinds, cpus, addrs, args, values, ids in self._op_columns():
             yield from zip(kinds, cpus, addrs, args, values, map(name, ids))
 
     def run(self, step: Callable[[tuple], Any], mem: GuestMemory) -> int | None:
@@ -224,12 +228,11 @@ class OpRecording:
         This loop runs once per operation of every replayed cell, so it works chunk by chunk on
         lists (``array.tolist`` converts a column in one call; indexing a list costs less than
         indexing an array)."""
-        if not self.usable:
-            raise ValueError("this run could not be recorded; generate the stream again")
+        op_chunks = self._op_columns()
         names = self._insns
         reads = _ReadCursor(self._reads.columns())
         done = 0
-        for kinds, cpus, addrs, args, values, ids in self._ops.columns():
+        for kinds, cpus, addrs, args, values, ids in op_chunks:
             kind_l, cpu_l, addr_l = kinds.tolist(), cpus.tolist(), addrs.tolist()
             arg_l, value_l, id_l = args.tolist(), values.tolist(), ids.tolist()
             for i in range(len(kind_l)):

@@ -8,11 +8,9 @@ with a written-out ``__init__``, not dataclasses: mypyc keeps a dataclass's gene
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
-
-def _fields_repr(obj: Any, fields: tuple[str, ...]) -> str:
-    return f"{type(obj).__name__}({', '.join(f'{f}={getattr(obj, f)!r}' for f in fields)})"
+from bench.machine.paging import fields_repr
 
 
 class WriteFault:
@@ -48,7 +46,7 @@ class WriteFault:
         self.can_unsync = can_unsync
 
     def __repr__(self) -> str:
-        return _fields_repr(self, self.FIELDS)
+        return fields_repr(self, self.FIELDS)
 
     @property
     def clears_accessed(self) -> bool:
@@ -88,7 +86,7 @@ class PteWrite:
         self.walker = walker
 
     def __repr__(self) -> str:
-        return _fields_repr(self, self.FIELDS)
+        return fields_repr(self, self.FIELDS)
 
     @property
     def misaligned(self) -> bool:

@@ -9,7 +9,7 @@ entry faults. PAE PDPT entries have no accessed bit and are not written.
 
 from __future__ import annotations
 
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from bench.machine.memory import GuestMemory
 
@@ -47,6 +47,12 @@ def mode_for(pae: bool) -> Mode:
     return PAE if pae else NONPAE
 
 
+def fields_repr(obj: Any, fields: tuple[str, ...]) -> str:
+    """``Name(field=value, ...)``: the repr of the core's plain record classes (Walk, and the
+    PteWrite and WriteFault of bench.machine.events)."""
+    return f"{type(obj).__name__}({', '.join(f'{f}={getattr(obj, f)!r}' for f in fields)})"
+
+
 _WALK_FIELDS: Final = ("gfn", "pt_gfn", "pd_gfn", "leaf_gpa", "leaf", "writable", "user", "dirty",
                        "dirtied")
 
@@ -76,8 +82,7 @@ class Walk:
         self.dirtied = dirtied
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in _WALK_FIELDS)
-        return f"Walk({fields})"
+        return fields_repr(self, _WALK_FIELDS)
 
 
 def directory_entry_gpa(mem: GuestMemory, mode: Mode, cr3: int, vaddr: int) -> int:

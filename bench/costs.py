@@ -130,7 +130,9 @@ P4 = CostProfile(
         "ptwrite_unsync": "estimate: as ptwrite_unshadow",
         "invlpg_exit": "estimate: handler work within costs.md 3's 500-4000 range",
         "cr3_exit": "estimate: root switch and hash lookups, within costs.md 3's range",
-        "extra_emulation": "estimate: decode and emulate one instruction without an exit",
+        "extra_emulation": "estimate: decode and emulate one instruction without an exit; "
+                           "every instruction a batch emulates, page-table write or not "
+                           "(Xen's shadow_em_ex_pt and shadow_em_ex_non_pt)",
         "shadow_page_create": "estimate: allocation, zeroing, rmap write-protect walk",
         "shadow_page_zap": "estimate: unlink parents and children, free",
         "resync_page": "estimate", "resync_gpte": "estimate: read and compare one gpte",
@@ -160,7 +162,9 @@ PENRYN = CostProfile(
         "ptwrite_unshadow": "estimate", "ptwrite_unsync": "estimate", "guest_fault": "estimate",
         "invlpg_exit": "estimate (costs.md 3: RT + 500-4000)",
         "cr3_exit": "estimate (costs.md 3: RT + 500-4000)",
-        "extra_emulation": "estimate", "shadow_page_create": "estimate",
+        "extra_emulation": "estimate: decode and emulate one instruction inside an exit, "
+                           "page-table write or not (Xen's shadow_em_ex_pt, shadow_em_ex_non_pt)",
+        "shadow_page_create": "estimate",
         "shadow_page_zap": "estimate", "resync_page": "estimate", "resync_gpte": "estimate",
         "tdp_walk_ref": "hypothetical estimate: Penryn has no EPT (Nehalem, 2008-11, was first); "
                         "priced as if it had, at a page-walk reference mostly hitting its caches",

@@ -12,9 +12,16 @@ BTS       guest-virtual address  bit number (0..31)          0         bts  (``l
 LOAD      guest-virtual address  width in bytes              0         mov
 INVLPG    guest-virtual address  0                           0         invlpg
 CR3       new cr3 value          0                           0         mov-cr3
-COMPUTE   0                      native cycles               0         compute
+COMPUTE   0                      native cycles               insns     compute
 MARK      0                      phase number                0         mark
 ========  =====================  ==========================  ========  =========================
+
+Consecutive operations of one vCPU are consecutive guest instructions, unless a COMPUTE lies
+between them: it stands for ``value`` instructions that touch no page table (0: an unknown
+number, more than any emulation batch covers) costing ``arg`` native cycles. Workloads put one
+wherever the kernel code they model runs other instructions between two operations (``gap``).
+Only Xen's batched emulation reads the count (bench.machine.shadow, ``_emulate_extra``): after an
+emulated page-table write it emulates the next few *instructions*, not the next operations.
 
 MARK is not an instruction: it costs nothing and changes nothing; it tells the executors that a
 phase of the workload (a kscand pass) ended, so counters can be recorded over guest time.
@@ -90,8 +97,14 @@ def cr3(cpu: int, value: int) -> Op:
     return Op(CR3, cpu, value, 0, 0, "mov-cr3")
 
 
-def compute(cpu: int, cycles: int) -> Op:
-    return Op(COMPUTE, cpu, 0, cycles, 0, "compute")
+def compute(cpu: int, cycles: int, insns: int = 0) -> Op:
+    return Op(COMPUTE, cpu, 0, cycles, insns, "compute")
+
+
+def gap(cpu: int, insns: int) -> Op:
+    """``insns`` instructions of kernel code between two operations that touch no page table
+    (their native cost is not modelled: 0 cycles)."""
+    return Op(COMPUTE, cpu, 0, 0, insns, "compute")
 
 
 def mark(cpu: int, phase: int) -> Op:

@@ -43,24 +43,59 @@ class Decision(enum.IntEnum):
 class MMUConfig:
     """Hypervisor mechanism that differs between versions (not a per-write decision).
 
+    The defaults are KVM 2.6.26's mechanism on VMX without EPT (K26); each field names the
+    release that changed it (docs/kvm-source-notes.md, docs/model.md).
+
     ``update_spte_on_write``: rebuild the spte from the new gpte on an emulated write (commit
     0028425f64, "update shadow pte on write to guest pte"); 2.6.20 only zaps it.
     ``dirty_bit_pte_write``: the walker's dirty-bit update runs kvm_mmu_pte_write (2.6.21-2.6.30
     paging_tmpl.h walk_addr; 2.6.20 sets D with a plain store; see docs/kvm-source-notes.md).
+    ``quadrant_filter``: kvm_mmu_pte_write updates only the shadow page whose quadrant holds the
+    written gpte of a non-PAE guest, and both 2 MiB halves of a 4 MiB pde (K26 ``npte = 2``);
+    2.6.20 computes ``page_offset <<= 1; page_offset &= ~PAGE_MASK`` and zaps that one entry in
+    every shadow page of the gfn, whatever its quadrant (M20 kvm_mmu_pre_write).
+    ``user_fault_unshadow``: mmu_set_spte's ``if (user_fault) { mmu_unshadow(); goto unshadowed; }``:
+    a user-mode fault that maps a shadowed gfn writable unshadows it (2.6.20 to 2.6.25; removed
+    in 2.6.26 by commit 6bf6a9532f, "Fix oops on guest userspace access to guest pagetable",
+    after which such a write traps and is emulated like any other).
+    ``user_write_unshadow``: Xen 3.3 sh_page_fault ("We do not emulate user writes"): a user-mode
+    write that traps on a page table removes its shadows and is re-executed.
+    ``bypass_guest_pf``: VMX ``bypass_guest_pf=1`` (commit c7addb9020, 2.6.25): a shadow entry
+    whose guest entry is not present is installed as ``shadow_notrap_nonpresent_pte`` (by
+    prefetch_page when the shadow page is created, by update_pte after an emulated write, by
+    sync_page), and a fault on it goes to the guest without an exit (the page-fault error-code
+    mask and match), so it is lost to fault tracking (12b7d28fc1) and resets no detector.
+    2.6.20 has no such entries; Xen 3.3 exits on every shadow fault.
     ``intercept_invlpg``: invlpg exits (KVM 2.6.28 with out-of-sync pages; 2.6.27 VMX did not
     intercept it). ``invlpg_drops_spte``: the invlpg handler drops the leaf spte (2.6.28).
     ``sync_on_cr3``: a cr3 load resynchronises the unsync pages reachable from the new root
-    (kvm_mmu_sync_roots, 2.6.28). ``tdp``: two-dimensional paging (EPT/NPT): no shadow pages at all.
+    (kvm_mmu_sync_roots, 2.6.28). ``sync_zaps_empty``: kvm_sync_page zaps a page that
+    ``sync_page`` left with no present spte (2.6.28: ``if (vcpu->arch.mmu.sync_page(vcpu, sp))
+    kvm_mmu_zap_page(...)``, FNAME(sync_page) returning ``!nr_present``).
+    ``tdp``: two-dimensional paging (EPT/NPT): no shadow pages at all.
     ``tlb_entries``: the per-vCPU TLB size modelled under ``tdp``.
     """
 
     update_spte_on_write: bool = True
     dirty_bit_pte_write: bool = True
+    quadrant_filter: bool = True
+    user_fault_unshadow: bool = False
+    user_write_unshadow: bool = False
+    bypass_guest_pf: bool = True
     intercept_invlpg: bool = False
     invlpg_drops_spte: bool = False
     sync_on_cr3: bool = False
+    sync_zaps_empty: bool = False
     tdp: bool = False
     tlb_entries: int = 64
+
+
+KVM_2_6_20 = MMUConfig(update_spte_on_write=False, dirty_bit_pte_write=False,
+                       quadrant_filter=False, user_fault_unshadow=True, bypass_guest_pf=False)
+"""KVM 2.6.20's mechanism (M20 drivers/kvm/mmu.c, T20 paging_tmpl.h)."""
+
+XEN_3_3 = MMUConfig(user_write_unshadow=True, bypass_guest_pf=False)
+"""Xen 3.3's shadow mechanism as far as it differs here (X331 multi.c sh_page_fault)."""
 
 
 class ShadowPageView(Protocol):

@@ -13,7 +13,7 @@ comment, numbers are decimal or 0x-hex::
     CPU store VADDR WIDTH VALUE [INSN]
     CPU btr VADDR BIT  |  CPU bts VADDR BIT
     CPU load VADDR WIDTH
-    CPU invlpg VADDR   |  CPU cr3 VALUE  |  CPU compute CYCLES  |  CPU mark PHASE
+    CPU invlpg VADDR   |  CPU cr3 VALUE  |  CPU compute CYCLES [INSNS]  |  CPU mark PHASE
 
 Reading streams: operations are parsed lazily, so a trace of any length replays in constant
 memory. Every malformed line raises BenchError naming the file and line.
@@ -63,6 +63,8 @@ def format_op(op: tuple) -> str:
         return f"{cpu} load {addr:#x} {arg}"
     if kind in (INVLPG, CR3):
         return f"{cpu} {name} {addr:#x}"
+    if kind == COMPUTE and value:
+        return f"{cpu} {name} {arg} {value}"
     return f"{cpu} {name} {arg}"
 
 
@@ -111,7 +113,7 @@ def parse_op(line: str, where: str, cpus: int) -> tuple:
         raise BenchError(f"{where}: unknown operation {fields[1]!r} (valid: {', '.join(KIND_NAMES)})")
     args = fields[2:]
     expected = {STORE: (3, 4), BTR: (2, 2), BTS: (2, 2), LOAD: (2, 2), INVLPG: (1, 1), CR3: (1, 1),
-                COMPUTE: (1, 1), MARK: (1, 1)}[kind]
+                COMPUTE: (1, 2), MARK: (1, 1)}[kind]
     if not expected[0] <= len(args) <= expected[1]:
         raise BenchError(f"{where}: {fields[1]} takes {expected[0]} argument(s), got {len(args)}")
     nums = [_int(a, where, "argument") for a in args[:3 if kind == STORE else len(args)]]
@@ -133,7 +135,7 @@ def parse_op(line: str, where: str, cpus: int) -> tuple:
     elif kind == CR3:
         op = (CR3, cpu, nums[0], 0, 0, "mov-cr3")
     elif kind == COMPUTE:
-        op = (COMPUTE, cpu, 0, nums[0], 0, "compute")
+        op = (COMPUTE, cpu, 0, nums[0], nums[1] if len(nums) == 2 else 0, "compute")
     else:
         op = (MARK, cpu, 0, nums[0], 0, "mark")
     if op[2] > 0xFFFFFFFF and kind != CR3:

@@ -49,10 +49,14 @@ class ComposedPolicy(Policy):
     fallback: str
     fallback_policy: Policy
 
-    def _build_fallback(self) -> None:
-        from bench.registry import make_policy  # late: the registry imports this package
+    def _build_fallback(self, shared: dict[str, object] | None = None) -> None:
+        """Build the fallback with its defaults, except the ``shared`` parameters that the
+        fallback also declares (xen-batch passes its ``version`` to a Xen fallback)."""
+        from bench.registry import make_policy, policy_class  # late: the registry imports us
 
-        fb = make_policy((self.fallback, {}))
+        declared = policy_class(self.fallback).params
+        given = {k: v for k, v in (shared or {}).items() if k in declared}
+        fb = make_policy((self.fallback, given))
         self.fallback_policy = fb
         # A composite is only as TLB-like as its fallback (out-of-sync, tdp): the conformance
         # check reads this from the instance.

@@ -30,8 +30,10 @@ inferred for 2.6.26/27) and so goes through this detector; 2.6.20 has no such ca
 check of later kernels is skipped for non-guest-initiated writes (``guest_initiated``, seen in
 ~2.6.32 copies); whether 2.6.27 had that is not verified, so it is not modelled. The machine's
 mechanism is K26's; the 2.6.20 variant switches off the in-place spte update and the walker's
-kvm_mmu_pte_write call (MMUConfig); 2.6.20 also had no quadrant filter, which the executor keeps
-for every variant (docs/model.md).
+kvm_mmu_pte_write call, and has no quadrant filter, unshadows on a user-mode fault
+(mmu_set_spte's ``if (user_fault)`` branch, removed in 2.6.26 by 6bf6a9532f) and has no
+bypass_guest_pf (c7addb9020, 2.6.25): ``bench.policy.KVM_2_6_20``. 2.6.26 and 2.6.27 run the
+default mechanism (``MMUConfig()``: K26 on VMX, guest not-present faults bypassing KVM).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from typing import Any
 from mypy_extensions import mypyc_attr
 
 from bench.params import Param
-from bench.policy import MMUConfig, Policy, PteWrite
+from bench.policy import KVM_2_6_20, MMUConfig, Policy, PteWrite
 
 VARIANTS = ("2.6.20", "2.6.26", "2.6.27")
 
@@ -83,8 +85,7 @@ class FloodCount(Policy):
 
     def mmu_config(self, pae: bool) -> MMUConfig:
         if self._v20:
-            # 2.6.20 had no quadrant filter either; the executor keeps it (docs/model.md)
-            return MMUConfig(update_spte_on_write=False, dirty_bit_pte_write=False)
+            return KVM_2_6_20
         return MMUConfig()
 
     # -- decisions ------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ Source: Linux 3.6 arch/x86/kvm/mmu.c (New-B/Linux3.6 @ b5154d3e, kvm-source-note
   first and short-circuits, so a misaligned write does not increment the count.
 
 Leaf pages: 3.x excludes them because they go out of sync instead (2.6.28 commit 4731d4c7a077).
-This policy runs on the 2.6.26 mechanism, where nothing else ever relieves a leaf table, and the
-discussion's per-page pte history is precisely about leaf tables (the user ptes kscand clears),
-so ``include_leaf`` (default true) counts them too; ``include_leaf=false`` is the literal 3.x rule.
+The default, ``include_leaf=false``, is that literal 3.x rule. This policy runs on the 2.6.26
+mechanism, where nothing else relieves a leaf table, so ``include_leaf=true`` counts leaf tables
+too: a what-if no kernel ran (the discussion's per-page pte history applied to the user ptes
+kscand clears), offered as such and not published in the default comparison.
 
 The count lives in each shadow page (``write_flooding_count``), as in 3.x: the MMU clears it on
 the fault path and on hash hits (cr3 loads included), the policy counts it per shadow page in
@@ -46,8 +47,8 @@ class PerPageFlood(Policy):
     params = {
         "threshold": Param(int, 3, "emulated writes to one shadow page between two fault walks "
                            "through it that count as a flood (K36: 3)", minimum=1),
-        "include_leaf": Param(bool, True, "count leaf (level-1) tables too; 3.x does not, "
-                              "because they go out of sync there"),
+        "include_leaf": Param(bool, False, "count leaf (level-1) tables too: a what-if; 3.x "
+                              "does not, because they go out of sync there"),
     }
 
     threshold: int

@@ -7,7 +7,9 @@ synchronize individual ptes, and will synchronize the entire pagetable on tlb fl
 
 Mechanism (MMUConfig): invlpg is intercepted (from 2.6.28) and drops the one leaf spte; a cr3
 load resynchronises every unsync page reachable from the new root (kvm_mmu_sync_roots); the
-executor's kvm_mmu_get_page syncs an unsync page it meets. Decision: in 2.6.28 ``mmu_set_spte``
+executor's kvm_mmu_get_page syncs an unsync page it meets; kvm_sync_page zaps a page that
+sync_page left with no present spte (``if (vcpu->arch.mmu.sync_page(vcpu, sp))
+kvm_mmu_zap_page(...)``, FNAME(sync_page) returning ``!nr_present``). Decision: in 2.6.28 ``mmu_set_spte``
 passes ``can_unsync = true`` to ``set_spte`` for every install (demand faults, write or not, and
 the speculative ones of update_pte), so ``unsync_on_map`` always answers True and the executor
 applies kvm_unsync_page's conditions (leaf pages only, not shadowed in more than one role,
@@ -43,7 +45,8 @@ class Unsync(FloodCount):
     tlb_like = True
 
     def mmu_config(self, pae: bool) -> MMUConfig:
-        return MMUConfig(intercept_invlpg=True, invlpg_drops_spte=True, sync_on_cr3=True)
+        return MMUConfig(intercept_invlpg=True, invlpg_drops_spte=True, sync_on_cr3=True,
+                         sync_zaps_empty=True)
 
     def unsync_on_map(self, cpu: int, gfn: int, write_fault: bool) -> bool:
         return True

@@ -12,6 +12,16 @@ inside an exit (invlpg, cr3 loads, faults).
 Parameters: ``extra`` (default 4, Xen's loop bound), ``pae_only`` (default true: the loop is
 compiled only for 3-level guests; false applies it to non-PAE guests too, a what-if).
 
+Instructions, not operations: the batch counts guest instructions (bench.ops: a COMPUTE gap
+between two operations stands for the instructions the kernel runs between them), takes only
+kernel-mode instructions, stops at invlpg, cr3 loads and faults, and counts the instructions that
+write no page table (``insn_emulation_extra_non_pt``, Xen's shadow_em_ex_non_pt); each is priced
+like any other extra emulated instruction (the profile's ``extra_emulation``, an estimate). The
+executor implements it (bench.machine.shadow ``_emulate_extra``).
+
+``version`` (3.3.1 or 4.2) is passed to the fallback when it declares it (the Xen policies): the
+early-unshadow rule of that release (xen-early-unshadow).
+
 Unshadow decisions go to ``fallback``. Xen does not use KVM's flood counter: it emulates every
 write to a shadowed table and unshadows by its own triggers, of which the one that concerns
 emulated guest-kernel writes is the early-unshadow heuristic (multi.c:2909-2936); the user-mode
@@ -30,6 +40,7 @@ from mypy_extensions import mypyc_attr
 from bench.params import Param
 from bench.policy import PteWrite
 from policies._compose import ComposedPolicy, fallback_param
+from policies.xen_early_unshadow import version_param
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -49,14 +60,16 @@ class XenBatch(ComposedPolicy):
         "fallback": fallback_param("xen-batch", "xen-early-unshadow",
                                    "registered policy (with its defaults) deciding unshadows and "
                                    "every other hook"),
+        "version": version_param(),
     }
 
     extra: int
     pae_only: bool
+    version: str
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        self._build_fallback()
+        self._build_fallback({"version": self.version})  # a Xen fallback runs this release
 
     def extra_emulation(self, write: PteWrite) -> int:
         if self.pae_only and write.pte_size != 8:

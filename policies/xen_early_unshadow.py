@@ -1,14 +1,17 @@
 """xen-early-unshadow: Xen's "two zero writes" early-unshadow heuristic (X331 multi.c:2909-2936).
 
-Source (domain.md 4; Xen 3.3.1 xen/arch/x86/mm/shadow/multi.c): every emulated write ends in
-``emulate_unmap_dest``:
+Source (domain.md 4; xen/arch/x86/mm/shadow/multi.c, read at the 3.3.0-rc7 and 3.4.0-rc3 tags
+of xen-project/xen): every emulated write ends in ``emulate_unmap_dest``, whose rule has two
+versions (parameter ``version``):
 
-    if ( likely(bytes >= 4) && (*(u32 *)addr == 0) ) {
-        if ( ((unsigned long) addr & ((sizeof (guest_intpte_t)) - 1)) == 0 )
-            check_for_early_unshadow(v, sh_ctxt->mfn1);
-        /* Don't reset the heuristic if we're writing zeros at non-aligned addresses */
-    } else
-        reset_early_unshadow(v);
+- ``3.3.1`` (Xen 3.3 and 3.4, the default): ``if ( likely(bytes >= 4) && (*(u32 *)addr == 0) &&
+  ((unsigned long) addr & (sizeof (guest_intpte_t) - 1)) == 0 ) check_for_early_unshadow(...);
+  else reset_early_unshadow(v);`` -- any other write resets the heuristic, a zero written at a
+  non-aligned address included. On a PAE guest (8-byte guest_intpte_t) the high half of a
+  pte_clear is such a write, so two consecutive pte clears never unshadow.
+- ``4.2`` (commit 43d588d6ae, June 2011, first in Xen 4.2): a zero of >= 4 bytes at a
+  non-aligned address neither checks nor resets ("Don't reset the heuristic if we're writing
+  zeros at non-aligned addresses, otherwise it doesn't catch REP MOVSD on PAE guests").
 
 ``check_for_early_unshadow`` removes every shadow of the page if
 ``last_emulated_mfn_for_unshadow == gmfn`` (and it is a page table), then records gmfn;
@@ -28,9 +31,21 @@ write to a page table unshadows in the executor's mechanism already, as in Xen).
 
 from __future__ import annotations
 
+from typing import Any
+
 from mypy_extensions import mypyc_attr
 
-from bench.policy import Policy, PteWrite
+from bench.params import Param
+from bench.policy import XEN_3_3, MMUConfig, Policy, PteWrite
+
+VERSIONS = ("3.3.1", "4.2")
+
+
+def version_param() -> Param:
+    """The ``version`` parameter of the Xen policies: which emulate_unmap_dest rule to run."""
+    return Param(str, "3.3.1", "Xen release whose early-unshadow rule to model (3.3.1: a "
+                 "non-aligned zero resets it; 4.2: it does not, commit 43d588d6ae)",
+                 choices=VERSIONS)
 
 
 def first_written_word(write: PteWrite) -> int | None:
@@ -53,12 +68,17 @@ class XenEarlyUnshadow(Policy):
     name = "xen-early-unshadow"
     summary = ("emulate; unshadow a table on the 2nd consecutive pte-aligned zero write to it "
                "(Xen 3.3.1 multi.c:2909-2936 check_for_early_unshadow)")
-    params = {}
+    params = {"version": version_param()}
 
-    def __init__(self, **params) -> None:
+    version: str
+
+    def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._last: dict[int, int] = {}  # per vCPU: last_emulated_mfn_for_unshadow
+        self._keep_on_unaligned_zero = self.version == "4.2"
 
+    def mmu_config(self, pae: bool) -> MMUConfig:
+        return XEN_3_3
 
     def on_pte_write(self, write: PteWrite) -> bool:
         if write.walker:
@@ -70,7 +90,8 @@ class XenEarlyUnshadow(Policy):
                 hit = self._last.get(cpu) == write.gfn
                 self._last[cpu] = write.gfn
                 return hit
-            return False  # zeros at a non-aligned address: neither check nor reset
+            if self._keep_on_unaligned_zero:
+                return False  # 4.2: zeros at a non-aligned address neither check nor reset
         self._last.pop(cpu, None)  # reset_early_unshadow
         return False
 

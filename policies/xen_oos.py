@@ -42,8 +42,8 @@ from typing import Any
 from mypy_extensions import mypyc_attr
 
 from bench.params import Param
-from bench.policy import MMUConfig
-from policies.xen_early_unshadow import XenEarlyUnshadow
+from bench.policy import XEN_3_3, MMUConfig
+from policies.xen_early_unshadow import XenEarlyUnshadow, version_param
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -58,6 +58,7 @@ class XenOOS(XenEarlyUnshadow):
     params = {
         "limit": Param(int, 3, "out-of-sync pages per vCPU (Xen SHADOW_OOS_PAGES = 3)",
                        minimum=1),
+        "version": version_param(),
     }
     tlb_like = True
 
@@ -68,7 +69,9 @@ class XenOOS(XenEarlyUnshadow):
         self._oos: dict[int, list[int | None]] = {}
 
     def mmu_config(self, pae: bool) -> MMUConfig:
-        return MMUConfig(intercept_invlpg=True, invlpg_drops_spte=True)
+        return MMUConfig(intercept_invlpg=True, invlpg_drops_spte=True,
+                         user_write_unshadow=XEN_3_3.user_write_unshadow,
+                         bypass_guest_pf=XEN_3_3.bypass_guest_pf)
 
     def _table(self, cpu: int) -> list[int | None]:
         table = self._oos.get(cpu)

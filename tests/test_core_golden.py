@@ -168,7 +168,7 @@ def test_per_page_flood_counts_each_shadow_page_apart():
     upper = USER_VA + 0x200000  # bit 21 set: the table's second 2 MiB, its quadrant-1 page
     for va in (USER_VA + 0x1000, USER_VA + 0x2000, upper, upper + 0x1000):
         g.set_pte_direct(s.proc, va, g.alloc_high())
-    shadow, native = _machines(s, "per-page-flood")
+    shadow, native = _machines(s, "per-page-flood:include_leaf=true")
     _run(shadow, native, _warm(s) + [O.load(0, va) for va in
                                      (USER_VA + 0x1000, USER_VA + 0x2000, upper)])
     table = s.table_gfn

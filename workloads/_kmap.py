@@ -6,8 +6,9 @@ operation tuples (bench.ops layout), so a workload emits them with ``yield from`
 
 - ``set_pte``: non-PAE one 4-byte store; PAE ``pte_high`` then ``pte_low`` (R3
   include/asm-i386/pgtable-3level.h set_pte; 2.6 native_set_pte the same).
-- ``pte_clear``: 2.4 / RHEL3 ``set_pte(ptep, 0)``: high then low (R3 pgtable.h pte_clear);
-  2.6 ``native_pte_clear``: low then high (torvalds/linux include/asm-i386/pgtable-3level.h).
+- ``pte_clear``: 2.4 / RHEL3 and 2.6.12 ``set_pte(ptep, __pte(0))``: high then low (R3
+  pgtable.h pte_clear; torvalds/linux@1da177e4 include/asm-i386/pgtable-3level.h); 2.6.20 and the
+  2008 proposal ``native_pte_clear`` (commit 6e5882cfa2, 2006): low then high.
 - ``kmap_atomic`` / ``kunmap_atomic``: the table of domain.md 2.2, selected by ``kernel``:
 
   ============  =====================================================  ============================
@@ -33,14 +34,33 @@ operation tuples (bench.ops layout), so a workload emits them with ``yield from`
   kmap_atomic ``page < highmem_start_page``; kunmap returns early for addresses below the
   fixmap). The fixmap pte value is ``mk_pte(page, kmap_prot)`` with kmap_prot = P|RW|A|D|G
   (bench.guest.KMAP_PROT).
+
+Instruction distances (bench.ops: consecutive operations are consecutive instructions unless a
+COMPUTE gap says how many lie between; only Xen's batched emulation reads them): the two halves
+of set_pte and pte_clear are adjacent stores (``smp_wmb()`` is a compiler barrier on i386
+without CONFIG_X86_OOSTORE, R3 include/asm-i386/system.h), and so are a fixmap pte's set_pte
+and its ``__flush_tlb_one``. Every kmap_atomic and kunmap_atomic that writes starts with a gap
+of at least ``KMAP_GAP`` instructions: the inline code that computes the slot
+(``type + KM_TYPE_NR * smp_processor_id()``: load current, load its cpu number, multiply, add),
+its virtual address (``__fix_to_virt``: shift, subtract) and the pte value (``mk_pte``) or the
+``vaddr < FIXADDR_START`` test. A pte loop (zap_pte_range, copy_pte_range) runs at least
+``PTE_LOOP_GAP`` instructions between entries (advance ptep and the address, compare, branch,
+test pte_none). The counts are lower bounds read off the C source, not a disassembly; any count
+of 4 or more gives the same result under Xen's bound of four instructions.
 """
 
 from __future__ import annotations
 
 from bench.guest import KM_PTE0, KMAP_PROT, Guest
-from bench.ops import CR3, INVLPG, LOAD, STORE
+from bench.ops import COMPUTE, CR3, INVLPG, LOAD, STORE
 
 KERNELS: tuple[str, ...] = ("rhel3", "rhel3-debug", "2.4", "2.6.12", "2.6.20", "2.6-proposed")
+
+KMAP_GAP = 6
+"""Instructions before a kmap_atomic's or kunmap_atomic's first store (lower bound; see above)."""
+
+PTE_LOOP_GAP = 4
+"""Instructions between two entries of a pte loop (lower bound; see above)."""
 
 ZAP_BLOCK_PAGES = 256
 """ZAP_BLOCK_SIZE = 256 * PAGE_SIZE (R3 mm/memory.c, notes section 8): the mmu_gather is
@@ -63,11 +83,18 @@ class Kernel:
         self.map_flush = kernel != "2.6.20"
         self.unmap_clear = kernel in ("rhel3-debug", "2.6.20") or (kernel == "2.6.12"
                                                                   and debug_highmem)
-        self.clear_low_first = kernel.startswith("2.6")
+        # native_pte_clear (low, then high) came with 6e5882cfa2 (2006); 2.6.12 still had
+        # ``set_pte(ptep, __pte(0))`` (high first), like 2.4 (torvalds/linux@1da177e4
+        # include/asm-i386/pgtable-3level.h)
+        self.clear_low_first = kernel in ("2.6.20", "2.6-proposed")
         self._slots: dict[tuple[int, int], tuple[int, int, int, tuple, tuple]] = {}
         self._fns: dict[tuple[int, int], tuple] = {}
 
     # -- pte writes ------------------------------------------------------------------------------
+    def gap(self, cpu: int, insns: int) -> tuple:
+        """``insns`` instructions of other kernel code (bench.ops.gap)."""
+        return ((COMPUTE, cpu, 0, 0, insns, "compute"),)
+
     def set_pte(self, cpu: int, kvaddr: int, value: int) -> tuple:
         """set_pte through the kernel virtual address ``kvaddr`` of the entry."""
         if self.pae:
@@ -99,7 +126,8 @@ class Kernel:
             vaddr = g.kmap_vaddr(idx)
             pte_kva = g.kmap_pte_kvaddr(idx)
             flush = ((INVLPG, cpu, vaddr, 0, 0, "invlpg"),)
-            clear = self.pte_clear(cpu, pte_kva) + flush if self.unmap_clear else ()
+            clear = (self.gap(cpu, KMAP_GAP) + self.pte_clear(cpu, pte_kva) + flush
+                     if self.unmap_clear else ())
             slot = (vaddr, pte_kva, g.kmap_pte_gpa(idx), flush, clear)
             self._slots[key] = slot
         return slot
@@ -120,7 +148,7 @@ class Kernel:
                 return (), vaddr
         else:
             same = False
-        ops = self.set_pte(cpu, pte_kva, value)
+        ops = self.gap(cpu, KMAP_GAP) + self.set_pte(cpu, pte_kva, value)
         return (ops + flush if self.map_flush and not same else ops), vaddr
 
     def kmap_fn(self, cpu: int, km_type: int):
@@ -134,6 +162,7 @@ class Kernel:
         skip_same, map_flush, set_pte, kvaddr = (self.skip_same, self.map_flush, self.set_pte,
                                                  self.guest.kvaddr)
         check_same = skip_same or self.flush_if_changed
+        lead = self.gap(cpu, KMAP_GAP)
 
         def kmap(gfn: int) -> tuple[tuple, int]:
             if gfn < lowmem:
@@ -142,7 +171,7 @@ class Kernel:
             same = check_same and mem.read_entry(pte_gpa, pae) == value
             if same and skip_same:
                 return (), vaddr
-            ops = set_pte(cpu, pte_kva, value)
+            ops = lead + set_pte(cpu, pte_kva, value)
             return (ops + flush if map_flush and not same else ops), vaddr
 
         self._fns[(cpu, km_type)] = (kmap, clear)
@@ -181,6 +210,7 @@ class Kernel:
                 while i < len(block) and block[i] >> 12 == tgfn:
                     gpa = block[i]
                     va = base + (gpa & 0xFFF)
+                    yield from self.gap(cpu, PTE_LOOP_GAP)
                     yield from self.read_pte(cpu, va)
                     if mem.read_entry(gpa, pae):
                         yield from self.pte_clear(cpu, va)

@@ -10,7 +10,7 @@ from mypy_extensions import mypyc_attr
 
 from bench.errors import BenchError
 from bench.guest import KM_PTE2, Guest
-from bench.ops import BTR, LOAD, MARK
+from bench.ops import BTR, COMPUTE, LOAD, MARK
 from bench.params import Param
 from bench.workload import GuestRun
 from workloads._base import COMMON_PARAMS, HZ, KERNEL_PARAMS, GuestWorkload, whole_pages
@@ -152,6 +152,13 @@ class ScanWorkload(GuestWorkload):
             yield (MARK, 0, 0, sizes["passes"], 0, "mark")
 
 
+VISIT_GAP = 6
+"""Instructions between two page_referenced pte visits when the kmap writes nothing: at least the
+loop step over the pte_chain (load the next pte_addr, test it) and the pte address computation
+(a lower bound read off R3 mm/rmap.c; any count of 4 or more gives the same result under Xen's
+four-instruction batch)."""
+
+
 PassStart = tuple[Iterator[list[tuple]], int]
 """What ``Scanner.wake`` returns for a pass that starts: its visits (one list of operations per
 pte) and about how many there are."""
@@ -189,13 +196,19 @@ def referenced_ops(kernel: Kernel, mem, gpa: int, chained: bool, out: list) -> b
     for a PageDirect page read the pte and test_and_clear_bit(5) only if young, for a pte_chain
     mapping test_and_clear_bit(5) unconditionally; rmap_ptep_unmap = kunmap_atomic(KM_PTE2).
 
+    The visit starts with a gap of at least VISIT_GAP instructions (the loop of
+    page_referenced or scan_active_list between two ptes), and kunmap's pte_clear starts with
+    its own (workloads._kmap): consecutive page_referenced calls are never adjacent instructions.
+
     Returns whether the pte was young. Reads guest memory: call it only when every earlier
     operation has been consumed (the operations it appends do not change the A bit before the
     btr, which is the last access to the pte)."""
     kmap, clear = kernel.kmap_fn(0, KM_PTE2)
     ops, base = kmap(gpa >> 12)
     if ops:
-        out.extend(ops)
+        out.extend(ops)  # (it starts with the kmap's own gap)
+    else:
+        out.append((COMPUTE, 0, 0, 0, VISIT_GAP, "compute"))
     va = base + (gpa & 0xFFF)
     young = mem.read32(gpa) & 0x20
     if chained:

@@ -39,7 +39,7 @@ from bench.ops import CR3, INVLPG, LOAD, STORE, BTR
 from bench.params import Param
 from bench.workload import GuestRun
 from workloads._base import COMMON_PARAMS, KERNEL_PARAMS, GuestWorkload, interleave_generators
-from workloads._kmap import Kernel
+from workloads._kmap import PTE_LOOP_GAP, Kernel
 from workloads._mm import PRIVATE_BASE, PTE_FLAGS
 
 KM_USER0 = 23
@@ -133,6 +133,7 @@ class ForkExit(GuestWorkload):
                 yield from sops
                 for gpa in src_ptes:
                     off = gpa & 0xFFF
+                    yield from kernel.gap(cpu, PTE_LOOP_GAP)  # copy_pte_range's loop
                     yield from kernel.read_pte(cpu, sbase + off)
                     pte = mem.read_entry(gpa, pae)
                     if not pte:

@@ -26,7 +26,7 @@ KVM_COUNTERS: tuple[str, ...] = (
 """KVM's names. ``mmu_unsync`` counts shadow pages that went out of sync (KVM's debugfs value is
 instantaneous, which means nothing once a run has ended). ``insn_emulation_extra`` counts
 instructions emulated inside an exit that another instruction caused (Xen's
-shadow_em_ex_pt + shadow_em_ex_non_pt)."""
+shadow_em_ex_pt + shadow_em_ex_non_pt; the second alone is ``insn_emulation_extra_non_pt``)."""
 
 EXIT_CAUSES: tuple[str, ...] = (
     "exit_ptwrite_emulate",
@@ -49,14 +49,19 @@ EXIT_CAUSES: tuple[str, ...] = (
 """
 
 MMU_EXTRA: tuple[str, ...] = (
+    "insn_emulation_extra_non_pt",
+    "pf_bypassed",
     "mmu_resync",
     "mmu_resync_gpte",
     "tdp_tlb_miss",
     "tdp_walk_refs",
     "native_walk_refs",
 )
-"""Pricing inputs KVM does not count: out-of-sync pages resynchronised and the guest ptes they
-re-read; under two-dimensional paging, TLB misses, the memory references of their 2-D walks, and
+"""Pricing inputs KVM does not count: the extra instructions that did not write a page table (Xen
+3.3's perf counter shadow_em_ex_non_pt; they are part of ``insn_emulation_extra`` and priced with
+it); guest page faults that reached the guest without an exit (VMX bypass_guest_pf, commit
+c7addb9020: they cost the hypervisor nothing and KVM never sees them); out-of-sync pages
+resynchronised and the guest ptes they re-read; under two-dimensional paging, TLB misses, the memory references of their 2-D walks, and
 the references the same misses would have cost natively."""
 
 NATIVE_COUNTERS: tuple[str, ...] = (
@@ -115,6 +120,8 @@ class Counters:
         self.exit_guest_fault: int = 0
         self.exit_invlpg: int = 0
         self.exit_cr3: int = 0
+        self.insn_emulation_extra_non_pt: int = 0
+        self.pf_bypassed: int = 0
         self.mmu_resync: int = 0
         self.mmu_resync_gpte: int = 0
         self.tdp_tlb_miss: int = 0

@@ -49,7 +49,8 @@ class ShadowPage:
     """kvm_mmu_page: one 512-entry shadow table for (gfn, level, quadrant, direct)."""
 
     __slots__ = ("gfn", "level", "quadrant", "direct", "sptes", "children", "parents",
-                 "unsync", "root_count", "zapped", "write_flooding_count")
+                 "unsync", "root_count", "zapped", "write_flooding_count", "prefetched",
+                 "notrap", "trap")
 
     def __init__(self, gfn: int, level: int, quadrant: int, direct: bool) -> None:
         self.gfn = gfn
@@ -63,6 +64,14 @@ class ShadowPage:
         self.root_count = 0
         self.zapped = False
         self.write_flooding_count = 0  # K36: counted by the policy, cleared by the MMU
+        # bypass_guest_pf (c7addb9020): which non-present entries are
+        # shadow_notrap_nonpresent_pte. ``prefetched``: FNAME(prefetch_page) filled the page, so
+        # an entry never touched since is notrap exactly when its guest entry is not present
+        # (while the page is in sync every change to that guest entry is emulated and marks the
+        # entry); ``notrap``/``trap``: entries set explicitly since (update_pte, sync_page, zaps).
+        self.prefetched = False
+        self.notrap: set[int] = set()
+        self.trap: set[int] = set()
 
     @property
     def key(self) -> tuple[int, int, int, bool]:
@@ -112,6 +121,10 @@ class ShadowMachine:
         self._esize = mode.entry_size
         self._update_spte = self.cfg.update_spte_on_write  # (read on every trap)
         self._dirty_bit_pte_write = self.cfg.dirty_bit_pte_write
+        self._quadrant_filter = self.cfg.quadrant_filter
+        self._user_fault_unshadow = self.cfg.user_fault_unshadow
+        self._user_write_unshadow = self.cfg.user_write_unshadow
+        self._bypass = self.cfg.bypass_guest_pf
         policy.attach(self)
         for cpu in range(self.cpus):
             self._load_roots(cpu)
@@ -165,7 +178,8 @@ class ShadowMachine:
                 c.native_locked_rmw += 1
             sp2 = self.roots[cpu][addr >> 30]
             if sp2 is not None:
-                sp1 = sp2.children.get((addr >> 21) & 0x1FF)
+                i2 = (addr >> 21) & 0x1FF
+                sp1 = sp2.children.get(i2)
                 if sp1 is not None:
                     sptes = sp1.sptes
                     idx = (addr >> 12) & 0x1FF
@@ -177,6 +191,17 @@ class ShadowMachine:
                             apply_write(self.mem, ((spte >> 12) << 12) | (addr & 0xFFF), kind,
                                         arg, value)
                         return
+                    if spte is None and self._bypass and self._notrap(sp1, idx):
+                        c.pf_bypassed += 1
+                        return
+                elif self._bypass and self._notrap(sp2, i2):
+                    c.pf_bypassed += 1
+                    return
+            elif self._bypass and self.pae and not self._reload[cpu]:
+                # mmu_alloc_roots leaves pae_root[i] = 0 for a pdpte that is not present: a
+                # fault there has the present bit clear in its error code and bypasses too
+                c.pf_bypassed += 1
+                return
             if write:
                 self._write_fault(kind, cpu, addr, arg, value, insn)
             else:
@@ -189,6 +214,30 @@ class ShadowMachine:
             self._set_cr3(cpu, addr)
         elif kind == MARK:
             self.marks.append((arg, c.as_dict()))
+
+    # ============================================================================ bypass
+    def _notrap(self, sp: ShadowPage, idx: int) -> bool:
+        """Whether entry ``idx`` of ``sp`` is shadow_notrap_nonpresent_pte (bypass_guest_pf):
+        a fault through it goes to the guest without an exit."""
+        if idx in sp.notrap:
+            return True
+        if not sp.prefetched or idx in sp.trap:
+            return False
+        base = sp.gfn << 12
+        if self.pae:
+            return not self.mem.read_entry(base + (idx << 3), True) & 1
+        return not self.mem.read_entry(base + (((sp.quadrant << 9) + idx) << 2), False) & 1
+
+    def _set_nonpresent(self, sp: ShadowPage, idx: int, notrap: bool) -> None:
+        """The entry becomes shadow_notrap_nonpresent_pte (``notrap``) or
+        shadow_trap_nonpresent_pte."""
+        if notrap:
+            sp.notrap.add(idx)
+            sp.trap.discard(idx)
+        else:
+            sp.notrap.discard(idx)
+            if sp.prefetched:
+                sp.trap.add(idx)
 
     # ============================================================================ page faults
     def _page_fault(self, cpu: int, vaddr: int, write: bool) -> int:
@@ -256,7 +305,7 @@ class ShadowMachine:
     def _get_page(self, gfn: int, level: int, quadrant: int, direct: bool) -> ShadowPage:
         """kvm_mmu_get_page: find the shadow page for this role or create it (mmu_cache_miss)."""
         if not direct:
-            for unsync_sp in self.by_gfn.get(gfn, ()):
+            for unsync_sp in list(self.by_gfn.get(gfn, ())):
                 if unsync_sp.unsync:
                     self._sync_page(unsync_sp)  # 2.6.28 kvm_mmu_get_page syncs what it meets
         key = (gfn, level, quadrant, direct)
@@ -266,6 +315,10 @@ class ShadowMachine:
             return sp
         self.counters.mmu_cache_miss += 1
         sp = ShadowPage(gfn, level, quadrant, direct)
+        # FNAME(prefetch_page) (2.6.25 paging_tmpl.h): notrap entries for guest entries that are
+        # not present, except in direct pages and in the page directories of non-PAE guests
+        # (``PTTYPE == 32 && level > PT_PAGE_TABLE_LEVEL``), which get nonpaging_prefetch_page
+        sp.prefetched = self._bypass and not direct and (self.pae or level == 1)
         self.pages[key] = sp
         if not direct:
             self.by_gfn.setdefault(gfn, []).append(sp)
@@ -321,8 +374,9 @@ class ShadowMachine:
             spte |= SPTE_A
         ptwrite = False
         if writable and dirty:
-            if user_fault:
-                # a user-mode fault maps the page writable and unshadows it (mmu_unshadow)
+            if user_fault and self._user_fault_unshadow:
+                # 2.6.20-2.6.25: a user-mode fault maps the page writable and unshadows it
+                # (mmu_unshadow; removed in 2.6.26 by 6bf6a9532f)
                 if gfn in self.by_gfn:
                     self._unshadow(gfn)
                 spte |= SPTE_W
@@ -379,6 +433,14 @@ class ShadowMachine:
             return
         gfn = w.gfn
         c = self.counters
+        if self._user_write_unshadow and not retry and vaddr < PAGE_OFFSET:
+            # Xen 3.3 sh_page_fault: "We do not emulate user writes. Instead we use them as a
+            # hint that the page is no longer a page table": sh_remove_shadows, then the guest
+            # re-executes the write, which faults once more and now maps the page writable
+            c.exit_ptwrite_unshadow += 1
+            self._unshadow(gfn)
+            self._write_fault(kind, cpu, vaddr, arg, value, insn, True)
+            return
         if not self._decides_writes:  # the base class's answer: emulate (no WriteFault needed)
             c.exit_ptwrite_emulate += 1
             c.insn_emulation += 1
@@ -483,6 +545,7 @@ class ShadowMachine:
             return write
         update = self._update_spte
         flood_page = self._flood_page
+        bypass = self._bypass
         for sp in (sps[:] if len(sps) > 1 else sps):  # (a zap changes the list)
             if sp.zapped:
                 continue  # zapped earlier in this loop
@@ -492,6 +555,10 @@ class ShadowMachine:
                 continue
             if self.pae:
                 indexes: tuple[int, ...] = (offset >> 3,)
+            elif not self._quadrant_filter:
+                # 2.6.20 kvm_mmu_pre_write: page_offset = (offset << 1) & ~PAGE_MASK in every
+                # shadow page of the gfn, with no quadrant check and one entry (no npte = 2)
+                indexes = (((offset << 1) & 0xFFF) >> 3,)
             else:
                 gi = offset >> 2
                 if sp.level == 1:
@@ -516,44 +583,87 @@ class ShadowMachine:
                             self._set_spte(cpu, sp, idx, (gpte & ADDR_MASK_PAE) >> 12,
                                            bool(gpte & 0x2), bool(gpte & 0x40), False, False,
                                            True)
+                        elif bypass:
+                            # update_pte: ``if (!is_present_pte(gpte)) set_shadow_pte(spte,
+                            # shadow_notrap_nonpresent_pte)``; else mmu_pte_write_zap_pte's trap
+                            self._set_nonpresent(sp, idx, not gpte & 1)
+                    elif bypass:
+                        self._set_nonpresent(sp, idx, False)
                 else:
                     child = sp.children.pop(idx, None)
                     if child is not None:
                         child.parents.discard((sp, idx))
+                    if bypass:
+                        self._set_nonpresent(sp, idx, False)  # mmu_pte_write_zap_pte: trap
                     if update:
                         c.mmu_pde_zapped += 1
         return write
 
     # ============================================================================ extra emulation
     def _emulate_extra(self, kind: int, cpu: int, addr: int, arg: int, value: int, insn: str) -> bool:
-        """Emulate one more instruction inside the exit (Xen 3.3 multi.c:3533-3560).
+        """Emulate the next guest instruction inside the exit (Xen 3.3 sh_page_fault, PAE only).
 
-        Returns False when the batch ends before this operation (it then runs normally):
-        privileged or multi-instruction operations (invlpg, cr3 loads, compute) and accesses
-        whose guest walk would fault. Emulated accesses set A (and D) as the hardware would.
+        After emulating a page-table write, sh_page_fault calls x86_emulate up to four more
+        times "in the hope of catching the second half of a 64-bit pagetable write": each call
+        emulates the next instruction at the guest's eip; it stops right after one that writes
+        a page table (``last_write_was_pt``, shadow_em_ex_pt) or when emulation fails
+        (shadow_em_ex_fail); any other instruction is counted (shadow_em_ex_non_pt) and the loop
+        goes on. ``self.batch[cpu]`` is the number of instructions left.
+
+        The operations say what the guest executes next (bench.ops): consecutive operations of
+        a vCPU are consecutive instructions, and a COMPUTE stands for ``value`` instructions
+        between them (0: an unknown number, at least as many as any batch covers). So:
+
+        - MARK is no instruction: the batch goes on past it;
+        - COMPUTE: its instructions are emulated as non-page-table instructions until the batch
+          is used up; the operation itself then runs normally;
+        - a user-mode access: the kernel first returned to user mode, and its exit path (far
+          more than four instructions, ending in an iret that the emulator cannot run in
+          protected mode) uses the rest of the batch as non-page-table instructions; a
+          user-mode access is never emulated by a kernel exit;
+        - invlpg and cr3 loads cannot be emulated by the shadow emulator (no such hooks in its
+          x86_emulate_ops): emulation fails and the batch ends;
+        - a kernel access whose guest walk would fault: X86EMUL_EXCEPTION, the batch ends;
+        - any other kernel access is emulated (A and D set as the hardware walker would, as
+          Xen's guest_walk_tables does); a write to a shadowed page table goes through
+          kvm_mmu_pte_write and ends the batch.
+
+        Returns True when the operation was emulated here (the caller must not run it again).
         """
         if kind == MARK:
             return False
-        if kind == INVLPG or kind == CR3 or kind == COMPUTE:
+        c = self.counters
+        left = self.batch[cpu]
+        if kind == COMPUTE:
+            used = left if value <= 0 or value >= left else value
+            c.insn_emulation_extra += used
+            c.insn_emulation_extra_non_pt += used
+            self.batch[cpu] = left - used
+            return False
+        if kind == INVLPG or kind == CR3:
+            self.batch[cpu] = 0
+            return False
+        if addr < PAGE_OFFSET:
+            c.insn_emulation_extra += left
+            c.insn_emulation_extra_non_pt += left
             self.batch[cpu] = 0
             return False
         write = kind != LOAD
-        user = addr < PAGE_OFFSET
-        w = walk(self.mem, self.mode, self.cr3[cpu], addr, write, user)  # a fault sets nothing
+        w = walk(self.mem, self.mode, self.cr3[cpu], addr, write, False)  # a fault sets nothing
         if w is None:
             self.batch[cpu] = 0
             return False
-        self.batch[cpu] -= 1
-        c = self.counters
         c.insn_emulation_extra += 1
         count_native(c, kind, arg)  # the guest executes it all the same
         if write:
             gpa = (w.gfn << 12) | (addr & 0xFFF)
             if self._protected(w.gfn):
-                self._emulate_write(cpu, gpa, kind, arg, value, insn, extra=True)
                 self.batch[cpu] = 0  # stop right after a page-table write
-            else:
-                apply_write(self.mem, gpa, kind, arg, value)
+                self._emulate_write(cpu, gpa, kind, arg, value, insn, extra=True)
+                return True
+            apply_write(self.mem, gpa, kind, arg, value)
+        c.insn_emulation_extra_non_pt += 1
+        self.batch[cpu] = left - 1
         return True
 
     # ============================================================================ zap / unshadow
@@ -574,6 +684,8 @@ class ShadowMachine:
         for parent, idx in sp.parents:
             if parent.children.get(idx) is sp:
                 del parent.children[idx]
+                if self._bypass:
+                    self._set_nonpresent(parent, idx, False)  # shadow_trap_nonpresent_pte
         sp.parents.clear()
         del self.pages[sp.key]
         if not sp.direct:
@@ -615,18 +727,30 @@ class ShadowMachine:
         return True
 
     def _unsync(self, gfn: int) -> None:
+        """kvm_unsync_page: mark the gfn's leaf pages unsync; mmu_convert_notrap turns their
+        notrap entries into trap ones (the guest may now make them present natively)."""
         for sp in self.by_gfn.get(gfn, ()):
             if not sp.unsync:
                 sp.unsync = True
                 self.unsync_pages.add(sp)
                 self.counters.mmu_unsync += 1
+                sp.prefetched = False
+                sp.notrap.clear()
+                sp.trap.clear()
 
     def _sync_page(self, sp: ShadowPage) -> None:
-        """kvm_sync_page: revalidate every spte from its gpte, then write-protect the gfn again."""
+        """kvm_sync_page: revalidate every spte from its gpte, then write-protect the gfn again.
+
+        FNAME(sync_page) (2.6.28-2.6.3x paging_tmpl.h): a dropped spte becomes notrap when its
+        gpte is not present, else trap; it returns ``!nr_present``, and with
+        ``sync_zaps_empty`` (KVM 2.6.28 kvm_sync_page) a page left with no present spte is
+        zapped (counted in mmu_shadow_zapped; a later fault creates it again, mmu_cache_miss).
+        """
         c = self.counters
         c.mmu_resync += 1
         mem = self.mem
         pae = self.pae
+        bypass = self._bypass
         base = sp.gfn << 12
         for idx, spte in list(sp.sptes.items()):
             c.mmu_resync_gpte += 1
@@ -635,11 +759,15 @@ class ShadowMachine:
             if gpte & 0x21 != 0x21 or (gpte & ADDR_MASK_PAE) >> 12 != spte >> 12:
                 del sp.sptes[idx]
                 self._rmap_remove(spte >> 12, sp, idx)
+                if bypass:
+                    self._set_nonpresent(sp, idx, not gpte & 1)
             elif spte & SPTE_W and not (gpte & 0x2 and gpte & 0x40):
                 sp.sptes[idx] = spte & ~SPTE_W
         sp.unsync = False
         self.unsync_pages.discard(sp)
         self._write_protect(sp.gfn)
+        if not sp.sptes and self.cfg.sync_zaps_empty:
+            self._zap_page(sp)
 
     def _sync_reachable(self, cpu: int) -> None:
         """kvm_mmu_sync_roots: resync the unsync pages linked under this vCPU's roots."""
@@ -660,9 +788,12 @@ class ShadowMachine:
             sp2 = self.roots[cpu][vaddr >> 30]
             sp1 = None if sp2 is None else sp2.children.get((vaddr >> 21) & 0x1FF)
             if sp1 is not None:
-                spte = sp1.sptes.pop((vaddr >> 12) & 0x1FF, None)
+                idx = (vaddr >> 12) & 0x1FF
+                spte = sp1.sptes.pop(idx, None)
                 if spte is not None:
-                    self._rmap_remove(spte >> 12, sp1, (vaddr >> 12) & 0x1FF)
+                    self._rmap_remove(spte >> 12, sp1, idx)
+                    if self._bypass:
+                        self._set_nonpresent(sp1, idx, False)  # shadow_trap_nonpresent_pte
         hook = self._hooks.get("on_invlpg")
         if hook:
             hook(cpu, vaddr)

@@ -265,3 +265,17 @@ def test_trace_compute_carries_an_instruction_count():
     assert parse_op("0 compute 250", "t:1", 1) == (O.COMPUTE, 0, 0, 250, 0, "compute")
     assert format_op(O.gap(0, 12)) == "0 compute 0 12"
     assert parse_op(format_op(O.compute(0, 7, 3)), "t:1", 1) == tuple(O.compute(0, 7, 3))
+
+
+@pytest.mark.parametrize("spec, expected", [("flood-count", (0, 1)),
+                                            ("flood-count:variant=2.6.20", (1, 0))])
+def test_not_present_pdpte_bypasses(spec, expected):
+    """PAE: mmu_alloc_roots sets ``pae_root[i] = 0`` for a pdpte that is not present (2.6.25
+    mmu.c), an entry without reserved bits: a fault through it has the present bit clear in its
+    error code and bypasses KVM where bypass_guest_pf is on. (exits, pf_bypassed)."""
+    k = kmap_guest(True)
+    k.guest.mem.write_entry(k.proc.cr3 + 8, True, 0)  # pdpte 1 (1-2 GiB) not present
+    m = k.machine(spec)
+    before = run(m, [])
+    after = run(m, [O.load(0, 0x40000000)])
+    assert _delta(before, after, "exits", "pf_bypassed") == expected

@@ -197,7 +197,8 @@ class ShadowMachine:
                 elif self._bypass and self._notrap(sp2, i2):
                     c.pf_bypassed += 1
                     return
-            elif self._bypass and self.pae and not self._reload[cpu]:
+            elif self._bypass and self.pae and not self._reload[cpu] and not self.mem.read_entry(
+                    (self.cr3[cpu] & 0xFFFFFFE0) + 8 * (addr >> 30), True) & 1:
                 # mmu_alloc_roots leaves pae_root[i] = 0 for a pdpte that is not present: a
                 # fault there has the present bit clear in its error code and bypasses too
                 c.pf_bypassed += 1

@@ -38,13 +38,14 @@ from mypy_extensions import mypyc_attr
 from bench.params import Param
 from bench.policy import XEN_3_3, MMUConfig, Policy, PteWrite
 
-VERSIONS = ("3.3.1", "4.2")
+VERSIONS = ("3.3.1", "3.4.4", "4.2")
+"""3.3.1 and 3.4.4 share the rule (read at the 3.3.0-rc7 and 3.4.0-rc3 tags); 4.2 has 43d588d6ae."""
 
 
 def version_param() -> Param:
     """The ``version`` parameter of the Xen policies: which emulate_unmap_dest rule to run."""
-    return Param(str, "3.3.1", "Xen release whose early-unshadow rule to model (3.3.1: a "
-                 "non-aligned zero resets it; 4.2: it does not, commit 43d588d6ae)",
+    return Param(str, "3.3.1", "Xen release whose early-unshadow rule to model (3.3.1 and "
+                 "3.4.4: a non-aligned zero resets it; 4.2: it does not, commit 43d588d6ae)",
                  choices=VERSIONS)
 
 

@@ -309,7 +309,8 @@ def test_xen_early_unshadow_two_aligned_zero_writes():
     assert m.counters.mmu_flooded == 0  # the btr (non-zero result) reset it
 
 
-@pytest.mark.parametrize("version, expected", [("3.3.1", [0, 0, 0, 0]), ("4.2", [0, 0, 1, 1])])
+@pytest.mark.parametrize("version, expected", [("3.3.1", [0, 0, 0, 0]), ("3.4.4", [0, 0, 0, 0]),
+                                               ("4.2", [0, 0, 1, 1])])
 def test_xen_early_unshadow_pae_pte_clear(version, expected):
     """PAE 2.6 pte_clear writes low (offset 0 of the 8-byte gpte: aligned), then high (offset 4:
     zero but not aligned to guest_intpte_t), for two ptes of one table.

@@ -658,8 +658,10 @@ class ShadowMachine:
         count_native(c, kind, arg)  # the guest executes it all the same
         if write:
             gpa = (w.gfn << 12) | (addr & 0xFFF)
-            if self._protected(w.gfn):
-                self.batch[cpu] = 0  # stop right after a page-table write
+            if w.gfn in self.by_gfn:
+                # last_write_was_pt = sh_mfn_is_a_page_table(mfn): the frame has shadows (an
+                # out-of-sync L1 too); stop right after a page-table write
+                self.batch[cpu] = 0
                 self._emulate_write(cpu, gpa, kind, arg, value, insn, extra=True)
                 return True
             apply_write(self.mem, gpa, kind, arg, value)

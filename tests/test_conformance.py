@@ -42,11 +42,13 @@ from bench.workload import GuestRun
 EXTRA_SPECS = (
     "flood-count:variant=2.6.20",
     "flood-count:variant=2.6.27",
-    "per-page-flood:include_leaf=false",
     "accessed-clear:fallback=xen-batch",
     "accessed-clear:fallback=unsync",
     "xen-batch:pae_only=false,fallback=flood-count",
     "xen-oos:limit=1",
+    "xen-early-unshadow:version=4.2",
+    "xen-batch:fallback=xen-oos",
+    "per-page-flood:include_leaf=true",
 )
 """Parameter settings of this issue's policies worth checking too (only those registered)."""
 

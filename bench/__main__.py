@@ -22,6 +22,7 @@ from bench.errors import BenchError
 DEFAULT_OUT = os.path.join("results", "latest")
 DEFAULT_SWEEP_OUT = os.path.join("results", "sweep")
 CHARTS_DIR = "charts"
+GHZ_DEFAULT = 3.0
 
 
 class Parser(argparse.ArgumentParser):
@@ -159,8 +160,9 @@ def execute(args: argparse.Namespace, experiment: exp.Experiment, out: str,
     weights = runner.check_memory(experiment, jobs, args.force_memory)
     started = results.now()
     progress = None if args.no_progress else Progress()
-    outcome = runner.execute(experiment, out, jobs, reuse=reuse, progress=progress,
-                             weights=weights)
+    outcome = runner.execute(experiment, out, jobs,
+                             reuse=reuse and not (args.rebuild or args.no_cache),
+                             progress=progress, weights=weights, store=not args.no_cache)
     notes: list[str] = []
     with Deferred() as deferred:
         volatile = {
@@ -318,6 +320,13 @@ def _folder_of(path: str) -> str:
 def cmd_compare(args: argparse.Namespace) -> int:
     from bench import stats
 
+    if not args.kvm_stat:
+        ignored = [o for o, v in (("-w", args.workload), ("--seed", args.seed),
+                                  ("--ghz", args.ghz)) if v is not None]
+        if ignored:
+            raise BenchError(f"compare: {', '.join(ignored)} only apply with --kvm-stat (the "
+                             f"comparison covers every workload and seed); add --kvm-stat or "
+                             f"drop them")
     doc = results.load(args.results)
     if args.kvm_stat:
         return _kvm_stat(doc, args)
@@ -332,11 +341,12 @@ def cmd_stat(args: argparse.Namespace) -> int:
 def _kvm_stat(doc: dict[str, Any], args: argparse.Namespace) -> int:
     from bench import stats
 
-    if not args.ghz > 0:
-        raise BenchError(f"--ghz must be above 0, got {args.ghz}")
+    ghz = GHZ_DEFAULT if args.ghz is None else args.ghz
+    if not 0 < ghz < 1000:
+        raise BenchError(f"--ghz must be above 0 and below 1000, got {ghz}")
     profile = results.profile_of(doc)
     chosen = stats.select(doc["records"], args.policy, args.workload, args.seed)
-    sys.stdout.write("\n".join(stats.kvm_stat_text(r, profile, args.ghz) for r in chosen))
+    sys.stdout.write("\n".join(stats.kvm_stat_text(r, profile, ghz) for r in chosen))
     return 0
 
 
@@ -383,6 +393,12 @@ def _run_options(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--force-memory", action="store_true",
                    help="run even if the memory estimate exceeds the available memory")
     p.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("--rebuild", action="store_true",
+                       help="recompute every cell, replacing the ones stored in OUT/cells")
+    cache.add_argument("--no-cache", action="store_true",
+                       help="recompute every cell and store none (OUT/cells is neither read nor "
+                            "written; an interrupted run cannot resume)")
 
 
 def create_parser() -> argparse.ArgumentParser:
@@ -441,8 +457,8 @@ def create_parser() -> argparse.ArgumentParser:
 def _stat_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-w", "--workload", metavar="WORKLOAD", help="only this workload (label or name)")
     p.add_argument("--seed", type=int, metavar="N", help="only this seed")
-    p.add_argument("--ghz", type=float, default=3.0,
-                   help="clock to turn cycles into microseconds (default 3.0)")
+    p.add_argument("--ghz", type=float,
+                   help=f"clock to turn cycles into microseconds (default {GHZ_DEFAULT})")
 
 
 def main(argv: list[str] | None = None) -> int:

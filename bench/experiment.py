@@ -49,6 +49,10 @@ class Entry:
         return {"name": self.name, "params": self.params, "label": self.label}
 
 
+CELL_SCHEMA = 2
+"""The version of a stored cell's layout (OUT/cells/<digest>.json); part of every key."""
+
+
 @dataclass
 class Cell:
     """One simulation: a policy on a workload entry with one seed (policy None: the oracle's
@@ -57,16 +61,41 @@ class Cell:
     policy: Entry | None
     workload: Entry
     seed: int
+    _key: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def key(self) -> dict[str, Any]:
-        """Everything that determines the cell's result."""
-        out: dict[str, Any] = {"version": bench.__version__}
+        """Everything that determines the cell's result: names, parameters and seed, the schema
+        and project versions, the digest of the code that runs, the contents of the input files
+        the parameters name, and the numbers of a cost profile the policy decides by
+        (bench.fingerprint). Computed once per Cell object."""
+        if self._key is None:
+            self._key = self._make_key()
+        return self._key
+
+    def _make_key(self) -> dict[str, Any]:
+        from bench import fingerprint
+
+        out: dict[str, Any] = {"schema": CELL_SCHEMA, "version": bench.__version__}
+        wcls = registry.workload_class(self.workload.name)
+        code = [fingerprint.class_digest(wcls)]
+        inputs = {"workload": fingerprint.input_digests(
+            f"workload {self.workload.name}", wcls.params, self.workload.params)}
         if self.policy is None:
             out["kind"] = "oracle"
         else:
+            pcls = registry.policy_class(self.policy.name)
+            code.append(fingerprint.class_digest(pcls))
+            inputs["policy"] = fingerprint.input_digests(
+                f"policy {self.policy.name}", pcls.params, self.policy.params)
             out.update(kind="cell", policy=self.policy.name, policy_params=self.policy.params)
+            profile_name = self.policy.params.get(PROFILE_PARAM)
+            if PROFILE_PARAM in pcls.params and isinstance(profile_name, str):
+                numbers = costs.profile(profile_name).as_dict()
+                out["policy_cost_numbers"] = {k: v for k, v in numbers.items()
+                                              if k not in ("sources", "cpu")}
         out.update(workload=self.workload.name, workload_params=self.workload.params,
-                   seed=self.seed)
+                   seed=self.seed, code=sorted(set(code)),
+                   inputs={k: v for k, v in inputs.items() if v})
         return out
 
     def digest(self) -> str:

@@ -14,7 +14,9 @@ class Param:
     """One parameter: its type, default, allowed values and a one-line help.
 
     ``kind`` is bool, int, float or str; ``choices`` restricts a str; ``minimum``/``maximum``
-    bound a number; ``check`` is an extra rule returning an error text (or None).
+    bound a number; ``check`` is an extra rule returning an error text (or None);
+    ``input_file`` returns the path of the input file a value names (or None): the file's
+    contents then enter the cell cache's key (bench.fingerprint).
     """
 
     kind: type
@@ -24,6 +26,7 @@ class Param:
     minimum: float | None = None
     maximum: float | None = None
     check: Callable[[Any], str | None] | None = None
+    input_file: Callable[[Any], str | None] | None = None
 
     def describe(self) -> str:
         allowed = ""

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -229,8 +231,11 @@ def groups_of(cells: list[Cell], jobs: int,
 
 def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
             progress: Callable[[int, int, int, str, float], None] | None = None,
-            weights: dict[str, float] | None = None) -> Outcome:
-    """Run every cell not already stored in ``out_dir`` (all of them when not ``reuse``).
+            weights: dict[str, float] | None = None, store: bool = True) -> Outcome:
+    """Run every cell not already stored in ``out_dir`` (all of them when not ``reuse``; the
+    new results then replace the stored ones). With ``store`` False nothing is read from or
+    written to ``out_dir``/cells: the cells pass through a temporary folder removed at the end
+    (an interrupted run then keeps nothing to resume from).
 
     Cells of the same guest run are computed together (``groups_of``); each is stored as soon as
     it is finished. ``progress(done, total, reused, what, fraction)`` is called after each cell;
@@ -239,11 +244,19 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
     SIGINT/SIGTERM end the workers and return with ``interrupted`` set; the finished cells are in
     the outcome and on disk.
     """
+    wanted = experiment.oracle_cells() + list(experiment.cells())
+    for cell in wanted:  # every key (input files hashed) before anything is written
+        cell.digest()
+    if not store:
+        scratch = tempfile.mkdtemp(prefix="shadowbench-cells-")
+        try:
+            return execute(experiment, scratch, jobs, False, progress, weights)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     cells_dir = os.path.join(out_dir, CELLS_DIR)
     os.makedirs(cells_dir, exist_ok=True)
     clean_temporaries(cells_dir)
     outcome = Outcome()
-    wanted = experiment.oracle_cells() + list(experiment.cells())
     todo: list[Cell] = []
     for cell in wanted:
         doc = load_cached(cells_dir, cell) if reuse else None
@@ -312,7 +325,8 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
         # Cells finished by workers after the parent stopped listening are on disk: keep them.
         for cell in wanted:
             digest = cell.digest()
-            if digest not in outcome.cells and digest not in outcome.oracles:
+            if digest not in outcome.cells and digest not in outcome.oracles and (
+                    reuse or _stored_since(cells_dir, cell, started)):
                 doc = load_cached(cells_dir, cell)
                 if doc is not None:
                     _store(outcome, cell, doc)

@@ -204,6 +204,14 @@ def test_compare_stat_reprice_plot(tiny_results, tmp_path):
     assert "charts/cycles-tiny.png" in (tiny_results / "report.md").read_text()
 
 
+@pytest.mark.parametrize("extra", [["-w", "tiny"], ["--seed", "0"], ["--ghz", "2.5"],
+                                   ["-w", "tiny", "--seed", "1"]])
+def test_compare_refuses_options_that_only_apply_with_kvm_stat(tiny_results, extra):
+    r = bench("compare", str(tiny_results), *extra)
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1
+    assert "only apply with --kvm-stat" in r.stderr and extra[0] in r.stderr
+
+
 def test_sweep_grid_and_toml(tmp_path):
     r = bench("sweep", "-w", "tiny", "-p", "always-emulate", "-p", "always-unshadow", "--grid",
               "pages=2,4", "--seeds", "2", "--jobs", "2", "--out", str(tmp_path / "s"),

@@ -16,7 +16,7 @@ from bench.workload import GuestRun
 from workloads._base import COMMON_PARAMS, HZ, KERNEL_PARAMS, GuestWorkload, whole_pages
 from workloads._kmap import Kernel
 from workloads._mm import UserMemory
-from workloads._users import AccessStream, UserRunner, check_pattern, read_lackey
+from workloads._users import AccessStream, UserRunner, check_pattern, lackey_path, read_lackey
 
 TIMESLICE = 10
 """Jiffies a process runs before the next process on its CPU (about the O(1) scheduler's nice-0
@@ -38,7 +38,8 @@ SCAN_PARAMS: dict[str, Param] = {
     "mappings": Param(int, 2, "mappings per shared page (processes sharing a segment)",
                       minimum=2, maximum=255),
     "pattern": Param(str, "zipf", "user access pattern: uniform, zipf, sequential or "
-                     "lackey:PATH", check=check_pattern),
+                     "lackey:PATH", check=check_pattern,
+                     input_file=lackey_path),
     "zipf_s": Param(float, 1.0, "zipf exponent", minimum=0.0, maximum=10.0),
     "rate": Param(float, 40000.0, "user page accesses per CPU-second of guest time",
                   minimum=0.0),

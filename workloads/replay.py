@@ -16,12 +16,17 @@ from bench.trace import read_trace
 from bench.workload import GuestRun, Workload
 
 
+def _trace_path(path: str) -> str | None:
+    """The trace file whose contents enter the cell cache's key (Param.input_file)."""
+    return path or None
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)
 class Replay(Workload):
     name = "replay"
     summary = "replay a saved operation trace (guest memory, cr3s and operations from the file)"
     params = {
-        "path": Param(str, "", "the trace file to replay (required)"),
+        "path": Param(str, "", "the trace file to replay (required)", input_file=_trace_path),
         "quick": Param(bool, False, "accepted for uniformity; a trace has its own size"),
     }
 

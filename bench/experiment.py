@@ -141,10 +141,12 @@ def label(name: str, params: dict[str, Any], shown: set[str]) -> str:
     return name + ("[" + ",".join(f"{k}={_fmt(params[k])}" for k in keys) + "]" if keys else "")
 
 
-def _label_entries(entries: list[Entry], schema_of, hidden: set[str], run_profile: str) -> None:
+def _label_entries(entries: list[Entry], schema_of, hidden: set[str], run_profile: str,
+                   defaults_of=None) -> None:
     """Label each entry by its non-default parameters plus those that vary between entries of
     the same name; ``hidden`` keys are left out unless they vary; a policy's cost_profile equal
-    to the run's is left out."""
+    to the run's is left out. ``defaults_of(name, params)`` gives the defaults an entry is
+    compared with (a quick workload's: its quick sizes), else the schema's."""
     by_name: dict[str, list[Entry]] = {}
     for e in entries:
         by_name.setdefault(e.name, []).append(e)
@@ -153,12 +155,14 @@ def _label_entries(entries: list[Entry], schema_of, hidden: set[str], run_profil
         varying = {k for k in schema if len({json.dumps(e.params.get(k)) for e in group}) > 1}
         for e in group:
             shown = set(varying)
+            defaults = defaults_of(name, e.params) if defaults_of else {
+                k: p.default for k, p in schema.items()}
             for k, p in schema.items():
                 if k in hidden or k in varying:
                     continue
                 if k == PROFILE_PARAM and e.params.get(k) == run_profile:
                     continue
-                if e.params.get(k) != p.default:
+                if e.params.get(k) != defaults[k]:
                     shown.add(k)
             e.label = label(name, e.params, shown)
         seen: dict[str, Entry] = {}
@@ -250,9 +254,13 @@ def build(policy_specs: list[str] | None = None, workload_specs: list[str] | Non
     for name, given in workload_given:
         schema = registry.workload_class(name).params
         full = {k: v for k, v in assignments.items() if k in schema}
-        if quick and "quick" in schema:
-            full["quick"] = True
         full.update(given)
+        if quick and "quick" in schema:
+            if "quick" in full and not schema["quick"].parse(f"workload {name}", "quick",
+                                                             full["quick"]):
+                raise BenchError(f"--quick contradicts workload {name} parameter "
+                                 f"quick={full['quick']}; drop one of them")
+            full["quick"] = True
         merged.append((name, full))
 
     targets = {}
@@ -275,10 +283,21 @@ def build(policy_specs: list[str] | None = None, workload_specs: list[str] | Non
     workloads = _dedupe([Entry(n, registry.workload_params(n, g))
                          for n, g in expand(merged, "workload")])
     _label_entries(policies, lambda n: registry.policy_class(n).params, set(), cost_profile)
-    _label_entries(workloads, lambda n: registry.workload_class(n).params, {"quick"}, cost_profile)
+    _label_entries(workloads, lambda n: registry.workload_class(n).params, set(), cost_profile,
+                   _workload_defaults)
     canon = {k: [v for v in vals] for k, vals in (grid or {}).items()}
     return Experiment(policies, workloads, list(range(seeds)), cost_profile,
                       {f"{sc}.{bare}": canon[key] for key, (sc, bare) in targets.items()})
+
+
+def _workload_defaults(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The values a workload entry's parameters take when not given: the schema's defaults, or
+    with quick=true the quick sizes (bench.workload.resolve_params)."""
+    if params.get("quick") is not True:
+        return registry.workload_params(name, {})
+    defaults = registry.workload_params(name, {"quick": True})
+    defaults["quick"] = registry.workload_class(name).params["quick"].default  # quick is shown
+    return defaults
 
 
 def _dedupe(entries: list[Entry]) -> list[Entry]:
@@ -304,7 +323,8 @@ def from_dict(data: dict[str, Any]) -> Experiment:
     policies = [Entry(n, registry.policy_params(n, dict(p))) for n, p in pol]
     workloads = [Entry(n, registry.workload_params(n, dict(p))) for n, p in wl]
     _label_entries(policies, lambda n: registry.policy_class(n).params, set(), profile_name)
-    _label_entries(workloads, lambda n: registry.workload_class(n).params, {"quick"}, profile_name)
+    _label_entries(workloads, lambda n: registry.workload_class(n).params, set(), profile_name,
+                   _workload_defaults)
     return Experiment(policies, workloads, seeds, profile_name, grid)
 
 

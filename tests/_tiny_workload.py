@@ -30,13 +30,14 @@ class Tiny(Workload):
         "quick": Param(bool, False, "shrink to 2 passes"),
         "pae": Param(bool, False, "PAE paging"),
     }
+    quick_sizes = {"passes": 2}
 
     def build(self, rng: random.Random) -> GuestRun:
         guest = Guest(pae=self.pae, highmem_pages=0, lowmem_pages=4096, cpus=1, highpte=False)
         proc = guest.new_process()
         ptes = [guest.set_pte_direct(proc, USER_BASE + i * 4096, 0x800 + i)
                 for i in range(self.pages)]
-        passes = 2 if self.quick else self.passes
+        passes = self.passes
         sizes = {"pages": self.pages, "page_tables": len(proc.page_tables), "passes": 0}
 
         def ops():

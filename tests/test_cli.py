@@ -139,7 +139,27 @@ def test_quick_sets_the_workload_parameter(tiny, capsys, tmp_path):
     doc = json.loads(out)
     assert rc == 0 and all(r["workload_params"]["quick"] is True for r in doc["records"])
     assert all(r["sizes"]["passes"] == 2 for r in doc["records"])
-    assert all(r["workload_label"] == "tiny" for r in doc["records"])
+    assert all(r["workload_params"]["passes"] == 2 for r in doc["records"])
+    assert all(r["workload_label"] == "tiny[quick=true]" for r in doc["records"])
+
+
+@pytest.mark.parametrize("given", [["--set", "passes=3"], ["-w", "tiny:passes=3"]])
+def test_quick_keeps_explicit_sizes_and_labels_them(tiny, capsys, tmp_path, given):
+    argv = [a for a in TINY if a not in ("-w", "tiny")] if given[0] == "-w" else TINY
+    rc, out, _ = run_main(capsys, "run", *argv, *given, "--quick", "--out", str(tmp_path),
+                          "--json", "-")
+    doc = json.loads(out)
+    assert rc == 0 and all(r["sizes"]["passes"] == 3 for r in doc["records"])
+    assert {r["workload_label"] for r in doc["records"]} == {"tiny[passes=3,quick=true]"}
+
+
+def test_quick_does_not_mask_a_bad_or_contradicting_quick_value(tiny, capsys, tmp_path):
+    rc, _, err = run_main(capsys, "run", *TINY, "--quick", "--set", "quick=maybe", "--out",
+                          str(tmp_path / "a"))
+    assert rc == 2 and "not a boolean" in err and not (tmp_path / "a").exists()
+    rc, _, err = run_main(capsys, "run", *TINY, "--quick", "--set", "quick=false", "--out",
+                          str(tmp_path / "b"))
+    assert rc == 2 and "contradicts" in err and not (tmp_path / "b").exists()
 
 
 def test_set_applies_to_workloads_that_take_it(tiny, capsys, tmp_path):
@@ -264,7 +284,7 @@ def test_default_workloads_validate():
 
     exp = experiment.build(["always-emulate"], None, [], True, 1)
     labels = [w.label for w in exp.workloads]
-    assert labels[:2] == ["kscand", "linear-scan"] and len(labels) == 8
+    assert labels[:2] == ["kscand[quick=true]", "linear-scan[quick=true]"] and len(labels) == 8
     assert len(set(labels)) == 8
 
 

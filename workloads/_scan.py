@@ -63,6 +63,9 @@ class ScanWorkload(GuestWorkload):
     write_fraction: float
     seconds: float
 
+    quick_sizes = {"highmem_mib": QUICK_PAGES / 256, "processes": QUICK_PROCESSES,
+                   "seconds": QUICK_SECONDS, "rate": QUICK_RATE}
+
     def __init__(self, **params) -> None:
         super().__init__(**params)
         if self.mappings > self.processes and self.shared > 0:
@@ -71,14 +74,8 @@ class ScanWorkload(GuestWorkload):
 
     # -- setup -------------------------------------------------------------------------------------
     def _sizes(self) -> tuple[int, int, float, float]:
-        pages = int(self.highmem_mib * 256)
-        procs, seconds, rate = self.processes, self.seconds, self.rate
-        if self.quick:
-            pages = min(pages, QUICK_PAGES)
-            procs = min(procs, QUICK_PROCESSES)
-            seconds = min(seconds, QUICK_SECONDS)
-            rate = min(rate, QUICK_RATE)
-        return pages, procs, seconds, rate
+        """quick=true has already shrunk the sizes not given (Workload.quick_sizes)."""
+        return int(self.highmem_mib * 256), self.processes, self.seconds, self.rate
 
     def _setup(self, rng: random.Random):
         pages, procs, seconds, rate = self._sizes()

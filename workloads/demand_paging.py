@@ -69,9 +69,11 @@ class DemandPaging(GuestWorkload):
     pattern: str
     zipf_s: float
 
+    quick_sizes = {"pages": QUICK_PAGES, "rounds": QUICK_ROUNDS}
+
     def build(self, rng: random.Random) -> GuestRun:
-        npages = self.quick_capped(self.pages, QUICK_PAGES)
-        rounds = self.quick_capped(self.rounds, QUICK_ROUNDS)
+        npages = self.pages
+        rounds = self.rounds
         entries = 512 if self.pae else 1024
         ntables = -(-npages // entries)
         guest = Guest(self.pae, self.cpus * (npages + ntables) + 8, cpus=self.cpus)

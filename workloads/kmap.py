@@ -51,9 +51,11 @@ class KmapBench(GuestWorkload):
     table_count: int
     iterations: int
 
+    quick_sizes = {"iterations": QUICK_ITERATIONS}
+
     def build(self, rng: random.Random) -> GuestRun:
         ntables = 1 if self.tables == "same" else self.table_count
-        iterations = self.quick_capped(self.iterations, QUICK_ITERATIONS)
+        iterations = self.iterations
         guest = Guest(self.pae, ntables * (PTES_PER_TABLE + 1) + 8, cpus=self.cpus)
         proc = guest.new_process()
         span = 1 << guest.mode.large_shift

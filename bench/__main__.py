@@ -10,7 +10,6 @@ import argparse
 import os
 import signal
 import sys
-import time
 from typing import Any
 
 from bench import costs
@@ -18,6 +17,8 @@ from bench import experiment as exp
 from bench import registry
 from bench import results
 from bench.errors import BenchError
+from bench.files import atomic_write_text
+from bench.progress import Progress
 
 DEFAULT_OUT = os.path.join("results", "latest")
 DEFAULT_SWEEP_OUT = os.path.join("results", "sweep")
@@ -45,40 +46,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
     return value
-
-
-# -- progress ----------------------------------------------------------------------------------
-class Progress:
-    """A one-line progress display on stderr (rewritten in place on a terminal, else a line
-    every few seconds)."""
-
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.start = time.monotonic()
-        self.last = 0.0
-        self.width = 0
-
-    def __call__(self, done: int, total: int, reused: int, what: str, fraction: float) -> None:
-        """``fraction``: the share of the work to compute that is done (cells weighted by the
-        size of their guest), which the time left is estimated from."""
-        now = time.monotonic()
-        final = done == total
-        if not self.tty and not final and now - self.last < 5:
-            return
-        self.last = now
-        elapsed = now - self.start
-        computed = done - reused
-        left = elapsed * (1 - fraction) / fraction if fraction > 0 else 0
-        eta = f", ~{left:.0f}s left" if computed and not final else ""
-        text = (f"[{done}/{total} cells{f', {reused} reused' if reused else ''}, "
-                f"{elapsed:.0f}s{eta}] {what}")
-        if self.tty:
-            text = text[:150]
-            sys.stderr.write("\r" + text.ljust(self.width) + ("\n" if final else ""))
-            self.width = len(text)
-        else:
-            sys.stderr.write(text + "\n")
-        sys.stderr.flush()
 
 
 # -- shared steps of run and sweep -------------------------------------------------------------
@@ -139,9 +106,14 @@ def write_charts(doc: dict[str, Any], out: str, jobs: int = 1) -> list[str]:
     """Charts into OUT/charts (drawn by ``jobs`` processes), removing charts a previous run
     left there."""
     from bench.plots import write_charts as draw
+    from bench.runner import clean_temporaries
 
     folder = os.path.join(out, CHARTS_DIR)
-    paths = draw(doc, folder, jobs)
+    clean_temporaries(folder)  # what a killed drawing left
+    try:
+        paths = draw(doc, folder, jobs)
+    finally:
+        clean_temporaries(folder)
     keep = {os.path.abspath(p) for p in paths}
     if os.path.isdir(folder):
         for name in os.listdir(folder):
@@ -151,37 +123,107 @@ def write_charts(doc: dict[str, Any], out: str, jobs: int = 1) -> list[str]:
     return paths
 
 
+FAILURE_TXT = "failure.txt"
+"""OUT/failure.txt: the traceback of the cell that raised (removed by a run that completes)."""
+
+
 def execute(args: argparse.Namespace, experiment: exp.Experiment, out: str,
             reuse: bool = True) -> tuple[dict[str, Any], int | None]:
-    """Run the experiment into ``out`` and write every output; returns (document, signal)."""
+    """Run the experiment into ``out`` and write every output; returns (document, exit status
+    or None): 128 + the signal's number when interrupted, 1 when a cell raised."""
     from bench import runner
 
     jobs = args.jobs or os.cpu_count() or 1
+    progress = None if args.no_progress else Progress()
+    if progress:
+        progress.phase("building the guests (memory estimate)")
     weights = runner.check_memory(experiment, jobs, args.force_memory)
     started = results.now()
-    progress = None if args.no_progress else Progress()
-    outcome = runner.execute(experiment, out, jobs,
-                             reuse=reuse and not (args.rebuild or args.no_cache),
-                             progress=progress, weights=weights, store=not args.no_cache)
+    if progress:
+        progress.phase("cells")
+    try:
+        outcome = runner.execute(experiment, out, jobs,
+                                 reuse=reuse and not (args.rebuild or args.no_cache),
+                                 progress=progress, weights=weights, store=not args.no_cache)
+    finally:
+        if progress:
+            progress.stop()
     notes: list[str] = []
+    failure = outcome.failed
+    if failure is not None:
+        notes.append(f"stopped because a cell raised: {failure.message}")
+    complete = outcome.interrupted is None and failure is None
     with Deferred() as deferred:
         volatile = {
             "command": ["python", "-m", "bench"] + list(args.argv),
             "started": started, "finished": results.now(), "host": results.host_description(),
             "jobs": jobs, "cells_reused": outcome.reused, "cells_computed": outcome.computed,
         }
-        doc = results.make_document(experiment, outcome.cells, outcome.oracles,
-                                    outcome.interrupted is None, volatile, notes)
-        write_outputs(doc, out, jobs=jobs)
-        if args.json and args.json != "-" and outcome.interrupted is None:
+        doc = results.make_document(experiment, outcome.cells, outcome.oracles, complete,
+                                    volatile, notes)
+        write_outputs(doc, out, jobs=jobs, charts=False)
+        failure_txt = os.path.join(out, FAILURE_TXT)
+        if failure is not None:
+            atomic_write_text(failure_txt, failure.message + "\n\n" + failure.details)
+        elif complete and os.path.exists(failure_txt):
+            os.unlink(failure_txt)
+        if args.json and args.json != "-" and complete:
             results.write_json(doc, args.json)
-    signum = outcome.interrupted.signum if outcome.interrupted else deferred.signum
+    done = f"{doc['meta']['cells_done']} of {doc['meta']['cells_expected']} cells done"
+    if failure is not None:
+        sys.stderr.write(f"bench: error: {failure.message}; {done}, kept in {out} (results marked "
+                         f"partial; traceback in {failure_txt})\n")
+        return doc, 1
+    signum = outcome.interrupted.signum if outcome.interrupted else None
     if signum:
-        sys.stderr.write(
-            f"bench: interrupted by {signal.Signals(signum).name}: {doc['meta']['cells_done']} of "
-            f"{doc['meta']['cells_expected']} cells done, kept in {out}; "
-            f"rerun the same command to resume\n")
-    return doc, signum
+        sys.stderr.write(f"bench: interrupted by {signal.Signals(signum).name}: {done}, kept in "
+                         f"{out}; rerun the same command to resume\n")
+        return doc, 128 + signum
+    if deferred.signum:
+        sys.stderr.write(f"bench: interrupted by {signal.Signals(deferred.signum).name} while "
+                         f"writing the results: all {done}; results.json is complete in {out}, "
+                         f"charts not drawn (python -m bench plot {out} draws them)\n")
+        return doc, 128 + deferred.signum
+    signum = draw_charts_and_report(doc, out, jobs, progress)
+    if signum:
+        return doc, 128 + signum
+    return doc, None
+
+
+def draw_charts_and_report(doc: dict[str, Any], out: str, jobs: int,
+                           progress: "Progress | None") -> int | None:
+    """Charts, then report.md; SIGINT/SIGTERM while drawing stops the charts (the results are
+    already written), keeps report.md consistent and returns the signal."""
+    from bench.report import write_report
+
+    if progress:
+        progress.phase("charts")
+    stop: list[int] = []
+
+    def interrupt(signum: int, frame: Any) -> None:
+        stop.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    chart_paths: list[str] = []
+    try:
+        chart_paths = write_charts(doc, out, jobs)
+    except KeyboardInterrupt:
+        if not stop:
+            raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if progress:
+            progress.stop()
+    with Deferred():
+        write_report(doc, chart_paths, out)
+    if stop:
+        sys.stderr.write(f"bench: interrupted by {signal.Signals(stop[0]).name} while drawing the "
+                         f"charts: the results are complete in {out}; python -m bench plot {out} "
+                         f"draws the charts\n")
+        return stop[0]
+    return None
 
 
 def finish(args: argparse.Namespace, doc: dict[str, Any], out: str) -> None:
@@ -211,9 +253,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         experiment = experiment_from_args(args)
     check_output_paths(args, out)
-    doc, signum = execute(args, experiment, out, reuse=previous is None)
-    if signum:
-        return 128 + signum
+    doc, status = execute(args, experiment, out, reuse=previous is None)
+    if status:
+        return status
     finish(args, doc, out)
     if previous is not None:
         lines = differences(previous, doc)
@@ -264,9 +306,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     experiment = experiment_from_args(args, grid, toml)
     out = args.out or DEFAULT_SWEEP_OUT
     check_output_paths(args, out)
-    doc, signum = execute(args, experiment, out)
-    if signum:
-        return 128 + signum
+    doc, status = execute(args, experiment, out)
+    if status:
+        return status
     finish(args, doc, out)
     return 0
 

@@ -36,6 +36,7 @@ PRESENTATION: tuple[str, ...] = (
     "bench/fingerprint.py",
     "bench/perf.py",
     "bench/plots.py",
+    "bench/progress.py",
     "bench/report.py",
     "bench/results.py",
     "bench/stats.py",

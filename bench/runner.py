@@ -18,12 +18,13 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.cell import CellResult, build_run, run_cells
+from bench.cell import NATIVE_RUN_NOTE, CellResult, build_run, run_cells
 from bench.errors import BenchError
 from bench.experiment import Cell, Experiment
 from bench.files import atomic_write_text
@@ -52,6 +53,19 @@ class Interrupted(Exception):
         self.signum = signum
 
 
+class CellFailed(Exception):
+    """A cell raised (a policy's or workload's bug): ``message`` names the cell and the error in
+    one line, ``details`` is the traceback. Picklable, so a worker's failure reaches the parent."""
+
+    def __init__(self, message: str, details: str) -> None:
+        super().__init__(message, details)
+        self.message = message
+        self.details = details
+
+    def __str__(self) -> str:
+        return self.message
+
+
 @dataclass
 class Outcome:
     """What a run produced: cell results and oracle records by digest, and whether it stopped."""
@@ -61,6 +75,7 @@ class Outcome:
     reused: int = 0
     computed: int = 0
     interrupted: Interrupted | None = None
+    failed: CellFailed | None = None
 
 
 # -- the work done in a worker -----------------------------------------------------------------
@@ -91,15 +106,44 @@ def compute_group(items: list[tuple[dict[str, Any], str]], cells_dir: str,
     policy_at = [i for i, (key, _) in enumerate(items) if key["kind"] != "oracle"]
     specs = [(items[i][0]["policy"], items[i][0]["policy_params"]) for i in policy_at]
     docs: list[dict[str, Any]] = [{} for _ in items]
-    for j, result in run_cells(specs, workload, params, seed, record_oracle=bool(oracle_at)):
-        targets = oracle_at if j < 0 else [policy_at[j]]
-        payload = {"oracle": result} if j < 0 else _payload(result)
-        for i in targets:
-            key, digest = items[i]
-            docs[i] = _store_doc(key, digest, cells_dir, payload)
-            if done:
-                done(i, docs[i])
+    finished = -2 if oracle_at else -1  # the last run_cells index yielded
+    try:
+        for j, result in run_cells(specs, workload, params, seed, record_oracle=bool(oracle_at)):
+            finished = j
+            targets = oracle_at if j < 0 else [policy_at[j]]
+            payload = {"oracle": result} if j < 0 else _payload(result)
+            for i in targets:
+                key, digest = items[i]
+                docs[i] = _store_doc(key, digest, cells_dir, payload)
+                if done:
+                    done(i, docs[i])
+    except (BenchError, KeyboardInterrupt, Interrupted, MemoryError, OSError):
+        raise
+    except Exception as err:
+        native = any(NATIVE_RUN_NOTE in n for n in getattr(err, "__notes__", ()))
+        nxt = finished + 1
+        failing = None if native or not 0 <= nxt < len(policy_at) else items[policy_at[nxt]][0]
+        raise CellFailed(_failure_line(failing, first, err), traceback.format_exc()) from None
     return docs
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(params.items()))
+
+
+def _failure_line(key: dict[str, Any] | None, first: dict[str, Any], err: BaseException) -> str:
+    """One line naming the cell that raised (or the guest run, when it raised natively)."""
+    where = ""
+    tb = err.__traceback__
+    while tb is not None:  # the innermost frame: where it raised
+        where = f" at {os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    run = (f"workload {first['workload']}[{_params_text(first['workload_params'])}] "
+           f"seed {first['seed']}")
+    who = (f"policy {key['policy']}[{_params_text(key['policy_params'])}] on " if key
+           else "the native run of ")
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return f"{who}{run} raised {text[:300]}{where}"
 
 
 def compute(cell_key: dict[str, Any], digest: str, cells_dir: str) -> dict[str, Any]:
@@ -240,7 +284,9 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
     Cells of the same guest run are computed together (``groups_of``); each is stored as soon as
     it is finished. ``progress(done, total, reused, what, fraction)`` is called after each cell;
     ``fraction`` is the share of the work to compute that is done, each cell weighted by its
-    workload entry's ``weights`` (cells of big guests take longer).
+    workload entry's ``weights`` (cells of big guests take longer). ``done``, ``total`` and
+    ``reused`` (and the outcome's ``reused``/``computed``) count policy cells, the records of
+    results.json; the offline optimum's records only advance ``fraction``.
     SIGINT/SIGTERM end the workers and return with ``interrupted`` set; the finished cells are in
     the outcome and on disk.
     """
@@ -264,8 +310,8 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
             todo.append(cell)
         else:
             _store(outcome, cell, doc)
-            outcome.reused += 1
-    total = len(wanted)
+            outcome.reused += cell.policy is not None
+    total = sum(cell.policy is not None for cell in wanted)  # records, as results.json counts
     count = [outcome.reused]
     weight = {c.digest(): (weights or {}).get(c.workload.label, 1.0) for c in todo}
     work = [0.0, sum(weight.values()) or 1.0]
@@ -274,9 +320,10 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
         if cell.digest() in outcome.cells or cell.digest() in outcome.oracles:
             return
         _store(outcome, cell, doc)
-        outcome.computed += 1
-        count[0] += 1
         work[0] += weight.get(cell.digest(), 0.0)
+        if cell.policy is not None:
+            outcome.computed += 1
+            count[0] += 1
         if progress:
             progress(count[0], total, outcome.reused, _what(cell), work[0] / work[1])
 
@@ -316,8 +363,11 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
                                 finished(cell, doc)
             executor.shutdown(wait=True)
             executor = None
-    except Interrupted as stop:
-        outcome.interrupted = stop
+    except (Interrupted, CellFailed) as stop:
+        if isinstance(stop, Interrupted):
+            outcome.interrupted = stop
+        else:
+            outcome.failed = stop
         for s in previous:  # a second signal while cleaning up is ignored
             signal.signal(s, signal.SIG_IGN)
         if executor is not None:

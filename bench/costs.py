@@ -2,7 +2,8 @@
 
 Pricing is separate from simulating: a run's counters (bench.machine.counters) are priced here,
 so a stored run is re-priced under another profile without simulating again. Every number names
-where it comes from (../shared/docs/costs.md); numbers no publication gives are marked
+where it comes from (docs/costs.md, which gathers the published numbers with their
+references); numbers no publication gives are marked
 ``estimate`` with the reasoning. An exit costs the VM exit + entry round trip plus the
 hypervisor's handler work for its cause; some causes add per-event work (zapping and creating
 shadow pages, resynchronising gptes, extra emulation inside an exit, 2-D walk references).
@@ -109,9 +110,9 @@ class CostProfile:
         }
 
 
-_AA06 = "Adams & Agesen, ASPLOS 2006, Pentium 4 VT-x table (second-hand quotes; costs.md 3)"
-_VMLAT = "yulyugin/vmlatency results (costs.md 1)"
-_HANSEN = "Dave Hansen, linux-mm 2015-06 (costs.md 4)"
+_AA06 = "Adams & Agesen, ASPLOS 2006, Pentium 4 VT-x table (second-hand quotes; docs/costs.md 3)"
+_VMLAT = "yulyugin/vmlatency results (docs/costs.md 1)"
+_HANSEN = "Dave Hansen, linux-mm 2015-06 (docs/costs.md 4)"
 
 P4 = CostProfile(
     name="p4-vtx-2006", cpu="Pentium 4 (Prescott), first-generation VT-x",
@@ -128,8 +129,8 @@ P4 = CostProfile(
         "hidden_fault": "estimate: the same guest walk as guest_fault, installing an spte instead",
         "ptwrite_unshadow": "estimate: a fault's walk plus unprotect (zaps priced apiece)",
         "ptwrite_unsync": "estimate: as ptwrite_unshadow",
-        "invlpg_exit": "estimate: handler work within costs.md 3's 500-4000 range",
-        "cr3_exit": "estimate: root switch and hash lookups, within costs.md 3's range",
+        "invlpg_exit": "estimate: handler work within docs/costs.md 3's 500-4000 range",
+        "cr3_exit": "estimate: root switch and hash lookups, within docs/costs.md 3's range",
         "extra_emulation": "estimate: decode and emulate one instruction without an exit",
         "shadow_page_create": "estimate: allocation, zeroing, rmap write-protect walk",
         "shadow_page_zap": "estimate: unlink parents and children, free",
@@ -158,13 +159,13 @@ PENRYN = CostProfile(
         "hidden_fault": "estimate: KVM walk_addr + fetch + mmu_set_spte in software",
         "ptwrite_emulate": "estimate: walk + x86_emulate decode/execute + kvm_mmu_pte_write",
         "ptwrite_unshadow": "estimate", "ptwrite_unsync": "estimate", "guest_fault": "estimate",
-        "invlpg_exit": "estimate (costs.md 3: RT + 500-4000)",
-        "cr3_exit": "estimate (costs.md 3: RT + 500-4000)",
+        "invlpg_exit": "estimate (docs/costs.md 3: RT + 500-4000)",
+        "cr3_exit": "estimate (docs/costs.md 3: RT + 500-4000)",
         "extra_emulation": "estimate", "shadow_page_create": "estimate",
         "shadow_page_zap": "estimate", "resync_page": "estimate", "resync_gpte": "estimate",
         "tdp_walk_ref": "hypothetical estimate: Penryn has no EPT (Nehalem, 2008-11, was first); "
                         "priced as if it had, at a page-walk reference mostly hitting its caches",
-        "native_locked_rmw": "estimate: ~18-25 cycles on Intel Core (costs.md 4)",
+        "native_locked_rmw": "estimate: ~18-25 cycles on Intel Core (docs/costs.md 4)",
         "native_invlpg": f"estimate near Westmere's 232 ({_HANSEN})",
         "native_cr3": f"estimate near Westmere's 108 ({_HANSEN})",
         "native_page_fault": "estimate",
@@ -196,7 +197,7 @@ NEHALEM = CostProfile(
                         "takes up to 24 references against 4 (Gandhi et al., MICRO 2014)",
         "native_invlpg": f"Westmere Xeon 232 ({_HANSEN})",
         "native_cr3": f"Westmere 108 ({_HANSEN})",
-        "native_locked_rmw": "estimate (costs.md 4)", "native_page_fault": "estimate",
+        "native_locked_rmw": "estimate (docs/costs.md 4)", "native_page_fault": "estimate",
     },
     estimates=("hidden_fault", "ptwrite_emulate", "ptwrite_unshadow", "ptwrite_unsync",
                "guest_fault", "invlpg_exit", "cr3_exit", "extra_emulation",
@@ -214,8 +215,8 @@ MODERN = CostProfile(
     sources={
         "exit_roundtrip": f"measured: i7-6700K ~608-632 TSC ticks ({_VMLAT})",
         "cr3_exit": "derived: 5006 cycles per shadow-MMU context-reset exit (Paolo Bonzini, "
-                    "2022-02-17, CPU not named; costs.md 2) minus the round trip",
-        "hidden_fault": "estimate: KVM adds ~400-900 cycles to a bare exit (costs.md 2); a shadow "
+                    "2022-02-17, CPU not named; docs/costs.md 2) minus the round trip",
+        "hidden_fault": "estimate: KVM adds ~400-900 cycles to a bare exit (docs/costs.md 2); a shadow "
                         "fault walks the guest tables and sets an spte on top",
         "ptwrite_emulate": "estimate: hidden_fault plus the emulator",
         "ptwrite_unshadow": "estimate", "ptwrite_unsync": "estimate", "guest_fault": "estimate",
@@ -225,7 +226,7 @@ MODERN = CostProfile(
         "tdp_walk_ref": "estimate (see nehalem-2009)",
         "native_invlpg": f"Haswell Xeon 216 ({_HANSEN})",
         "native_cr3": f"Haswell 124 ({_HANSEN})",
-        "native_locked_rmw": "estimate (costs.md 4)", "native_page_fault": "estimate",
+        "native_locked_rmw": "estimate (docs/costs.md 4)", "native_page_fault": "estimate",
     },
     estimates=("hidden_fault", "ptwrite_emulate", "ptwrite_unshadow", "ptwrite_unsync",
                "guest_fault", "invlpg_exit", "extra_emulation", "shadow_page_create",

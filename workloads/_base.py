@@ -18,8 +18,8 @@ HZ = 100
 domain.md 2.3)."""
 
 KERNEL_PARAMS: dict[str, Param] = {
-    "kernel": Param(str, "rhel3", "kmap_atomic/kunmap_atomic and pte_clear variant (domain.md 2.2)",
-                    choices=KERNELS),
+    "kernel": Param(str, "rhel3", "kmap_atomic/kunmap_atomic and pte_clear variant "
+                    "(docs/workloads.md, Kernel variants)", choices=KERNELS),
     "debug_highmem": Param(bool, False, "CONFIG_DEBUG_HIGHMEM for kernel 2.6.12 (kunmap clears "
                            "the fixmap pte); use kernel rhel3-debug for RHEL3"),
     "pae": Param(bool, True, "PAE paging (8-byte ptes written as two 4-byte stores)"),

@@ -36,7 +36,7 @@ QUICK_ITERATIONS = 200
 class KmapBench(GuestWorkload):
     name = "kmap"
     summary = ("kmap_atomic(KM_PTE2) + test_and_clear_bit + kunmap_atomic per kernel variant "
-               "(domain.md 2.2)")
+               "(docs/workloads.md, Kernel variants)")
     params = {
         **KERNEL_PARAMS,
         **COMMON_PARAMS,

@@ -16,6 +16,9 @@ from dataclasses import asdict, dataclass, field
 from bench.errors import unknown_name
 
 PROFILE_VERSION = 1
+MAX_EVENT_CYCLES = 10**9
+"""The most cycles one event may cost in a profile (a second of a GHz CPU): a bound that keeps
+a mistyped or crafted number from overflowing the prices."""
 
 CAUSES: tuple[str, ...] = (
     "emulated_pte_writes",

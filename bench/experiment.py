@@ -24,6 +24,10 @@ from bench.errors import BenchError, unknown_name
 from bench.params import parse_assignment, parse_spec
 
 DEFAULT_SEEDS = 3
+MAX_SEEDS = 10000
+"""The most seeds a run may have (each seed is a guest run per workload entry)."""
+MAX_CELLS = 1_000_000
+"""The most cells an experiment may have (policies x workload entries x seeds)."""
 KMAP_KERNELS = ("rhel3", "rhel3-debug", "2.6.20")
 DEFAULT_WORKLOADS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("kscand", {}),
@@ -210,7 +214,7 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     """``KEY=V1,V2,...`` items -> {KEY: [V1, V2, ...]}."""
     grid: dict[str, list[str]] = {}
     for item in items:
-        key, value = parse_assignment(item)
+        key, value = parse_assignment(item, "--grid")
         values = [v.strip() for v in value.split(",")]
         if not all(values):
             raise BenchError(f"malformed --grid {item!r} (expected KEY=V1,V2,...)")
@@ -230,8 +234,8 @@ def build(policy_specs: list[str] | None = None, workload_specs: list[str] | Non
     workload that takes KEY (an error if none does); ``set_values`` the same, already split
     (from TOML). A parameter given in a ``-w NAME:k=v`` spec wins over ``--set``."""
     costs.profile(cost_profile)
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
-        raise BenchError(f"seeds must be a whole number >= 1, got {seeds!r}")
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or not 1 <= seeds <= MAX_SEEDS:
+        raise BenchError(f"seeds must be a whole number from 1 to {MAX_SEEDS}, got {seeds!r}")
     policy_given = [parse_spec(s) for s in policy_specs] if policy_specs else [
         (name, {}) for name in registry.policies()]
     workload_given = [parse_spec(s) for s in workload_specs] if workload_specs else [
@@ -242,8 +246,12 @@ def build(policy_specs: list[str] | None = None, workload_specs: list[str] | Non
         registry.workload_class(name)
 
     assignments: dict[str, Any] = dict(set_values or {})
+    given_sets: set[str] = set()
     for text in sets or ():
         key, value = parse_assignment(text)
+        if key in given_sets:
+            raise BenchError(f"--set {key} given twice")
+        given_sets.add(key)
         assignments[key] = value
     names = sorted({n for n, _ in workload_given})
     for key in assignments:
@@ -286,6 +294,11 @@ def build(policy_specs: list[str] | None = None, workload_specs: list[str] | Non
     _label_entries(workloads, lambda n: registry.workload_class(n).params, set(), cost_profile,
                    _workload_defaults)
     canon = {k: [v for v in vals] for k, vals in (grid or {}).items()}
+    cells = len(policies) * len(workloads) * seeds
+    if cells > MAX_CELLS:
+        raise BenchError(f"the experiment has {cells:,} cells ({len(policies)} policies x "
+                         f"{len(workloads)} workload entries x {seeds} seeds), more than the "
+                         f"{MAX_CELLS:,} allowed; fewer seeds or a smaller grid")
     return Experiment(policies, workloads, list(range(seeds)), cost_profile,
                       {f"{sc}.{bare}": canon[key] for key, (sc, bare) in targets.items()})
 
@@ -320,6 +333,9 @@ def from_dict(data: dict[str, Any]) -> Experiment:
         grid = dict(data.get("grid") or {})
     except (KeyError, TypeError, ValueError) as err:
         raise BenchError(f"results file has a malformed experiment section ({err})") from None
+    costs.profile(profile_name)  # a recorded profile this version does not know: now, not later
+    if not 1 <= len(seeds) <= MAX_SEEDS or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise BenchError(f"results file has a malformed seed list ({len(seeds)} seeds)")
     policies = [Entry(n, registry.policy_params(n, dict(p))) for n, p in pol]
     workloads = [Entry(n, registry.workload_params(n, dict(p))) for n, p in wl]
     _label_entries(policies, lambda n: registry.policy_class(n).params, set(), profile_name)

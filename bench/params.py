@@ -55,9 +55,14 @@ class Param:
             if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
                 raise BenchError(f"{where}={raw!r} is not an integer")
             try:
-                value = int(raw) if not isinstance(raw, str) else int(raw, 0)
+                if not isinstance(raw, str):
+                    value = int(raw)
+                else:
+                    text = raw.strip().replace("_", "")
+                    digits = text.lstrip("+-")
+                    value = int(text, 10) if digits.isdigit() else int(text, 0)
             except ValueError:
-                raise BenchError(f"{where}={raw!r} is not an integer") from None
+                raise BenchError(f"{where}={raw!r} is not an integer (decimal or 0x-hex)") from None
         elif self.kind is float:
             try:
                 value = float(raw)
@@ -105,13 +110,16 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
             key, eq, value = item.partition("=")
             if not eq or not key.strip():
                 raise BenchError(f"malformed parameter {item!r} in {spec!r} (expected key=value)")
+            if key.strip() in pairs:
+                raise BenchError(f"parameter {key.strip()!r} given twice in {spec!r}")
             pairs[key.strip()] = value.strip()
     return name, pairs
 
 
-def parse_assignment(text: str) -> tuple[str, str]:
-    """``KEY=VALUE`` (from ``--set``) -> (KEY, VALUE)."""
+def parse_assignment(text: str, option: str = "--set") -> tuple[str, str]:
+    """``KEY=VALUE`` (from ``--set``, or the ``option`` named) -> (KEY, VALUE)."""
     key, eq, value = text.partition("=")
     if not eq or not key.strip():
-        raise BenchError(f"malformed --set {text!r} (expected KEY=VALUE)")
+        expected = "KEY=V1,V2,..." if option == "--grid" else "KEY=VALUE"
+        raise BenchError(f"malformed {option} {text!r} (expected {expected})")
     return key.strip(), value.strip()

@@ -197,10 +197,18 @@ _RECORD_FIELDS: dict[str, tuple[type, ...]] = {
 }
 
 
+MAX_COUNT = 2**63 - 1
+"""The largest count or cycle number a results file may hold (a 64-bit counter): anything
+beyond is a crafted or corrupt file, refused before a chart or a price overflows."""
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
+
+
 def _int_map(value: Any) -> bool:
-    return isinstance(value, dict) and all(
-        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
-        for k, v in value.items())
+    return isinstance(value, dict) and all(isinstance(k, str) and _count(v)
+                                           for k, v in value.items())
 
 
 def validate(doc: Any, where: str) -> dict[str, Any]:
@@ -246,6 +254,11 @@ def validate(doc: Any, where: str) -> dict[str, Any]:
             if key not in record or not isinstance(value, kinds) or (
                     isinstance(value, bool) and bool not in kinds):
                 raise bad(f"record {i}: {key} missing or of the wrong type")
+            if isinstance(value, int) and not isinstance(value, bool) and key != "seed" and (
+                    not _count(value)):
+                raise bad(f"record {i}: {key} {value} is out of range (0 to 2^63-1)")
+            if isinstance(value, float) and not (0 <= value < 1e300):
+                raise bad(f"record {i}: {key} {value} is out of range")
         for key in ("counters", "exits_by_reason", "cycles_by_cause", "sizes"):
             if not _int_map(record[key]):
                 raise bad(f"record {i}: {key} must map names to whole numbers")
@@ -269,7 +282,8 @@ def _profile_problem(data: dict[str, Any]) -> str | None:
         elif f.name == "estimates":
             ok = isinstance(value, list)
         else:
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            ok = isinstance(value, int) and not isinstance(value, bool) and (
+                0 <= value <= costs.MAX_EVENT_CYCLES)
         if not ok:
             return f"{f.name} missing or of the wrong type"
     unknown = set(data) - {f.name for f in dataclasses.fields(costs.CostProfile)}

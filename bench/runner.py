@@ -29,6 +29,7 @@ from bench.errors import BenchError
 from bench.experiment import Cell, Experiment
 from bench.files import atomic_write_text
 from bench.recording import DEFAULT_BUDGET
+from bench.registry import make_workload
 
 CELLS_DIR = "cells"
 BYTES_PER_GUEST_PAGE = 200
@@ -41,6 +42,10 @@ BYTES_PER_WORKER = 60 << 20
 """A worker process with the simulator loaded."""
 RECORDING_BYTES = DEFAULT_BUDGET
 """A recorded operation stream held in memory (the rest spills to a temporary file)."""
+BYTES_PER_RECORD = 64 << 10
+"""Per cell, in the run's own process: its stored document, its record and the results files
+built from it (a default-run record is about 2.5 KB of JSON; Python objects take several times
+that)."""
 POLL_SECONDS = 0.5
 """How often the parent looks for cells a worker stored before its whole group finished."""
 
@@ -91,6 +96,8 @@ def _payload(result: CellResult) -> dict[str, Any]:
 def _store_doc(cell_key: dict[str, Any], digest: str, cells_dir: str,
                payload: dict[str, Any]) -> dict[str, Any]:
     text = json.dumps({"key": cell_key, **payload}, sort_keys=True)
+    if _orphaned():  # the run is gone: its folder may belong to another run by now
+        os._exit(1)
     atomic_write_text(os.path.join(cells_dir, digest + ".json"), text)
     return json.loads(text)  # exactly what a later run reads back from the cache
 
@@ -151,10 +158,38 @@ def compute(cell_key: dict[str, Any], digest: str, cells_dir: str) -> dict[str, 
     return compute_group([(cell_key, digest)], cells_dir)[0]
 
 
-def _worker_init() -> None:
-    """Workers leave SIGINT to the parent (which ends them); SIGTERM ends them at once."""
+_parent: int | None = None
+"""In a worker: the pid of the run that started it (None in the run's own process)."""
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG), so a
+    killed run leaves no worker behind; elsewhere the check in ``_store_doc`` still stops it."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
+def _worker_init(parent: int) -> None:
+    """Workers leave SIGINT to the parent (which ends them); SIGTERM ends them at once; they
+    die with the parent (even a SIGKILLed one) and never write a cell after it is gone."""
+    global _parent
+    _parent = parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+    if os.getppid() != parent:  # it died before the request took effect
+        os._exit(1)
+
+
+def _orphaned() -> bool:
+    return _parent is not None and os.getppid() != _parent
 
 
 # -- the cache ---------------------------------------------------------------------------------
@@ -205,7 +240,10 @@ def estimate_memory(experiment: Experiment, jobs: int) -> tuple[int, dict[str, i
     workers = max(1, min(jobs, len(experiment.cells()) or 1))
     # a worker holds the native run's guest and a policy's (its shadow state included), the
     # initial guest to copy from, and the recorded operations (bench.cell.run_cells)
-    return workers * (2 * biggest + RECORDING_BYTES + BYTES_PER_WORKER), per_entry
+    # and the run's own process holds every record and the documents made from them
+    cells = len(experiment.cells()) + len(experiment.oracle_cells())
+    return (workers * (2 * biggest + RECORDING_BYTES + BYTES_PER_WORKER)
+            + cells * BYTES_PER_RECORD), per_entry
 
 
 def available_memory() -> int | None:
@@ -218,6 +256,13 @@ def available_memory() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def check_inputs(experiment: Experiment) -> None:
+    """Read every workload's input files through (``Workload.check_inputs``: a replay trace's
+    every operation), so a malformed one fails before anything is written."""
+    for w in experiment.workloads:
+        make_workload(w.name, w.params).check_inputs()
 
 
 def check_memory(experiment: Experiment, jobs: int, force: bool) -> dict[str, int]:
@@ -344,7 +389,8 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
         else:
             context = multiprocessing.get_context("fork") if sys.platform != "win32" else None
             executor = ProcessPoolExecutor(max_workers=min(jobs, len(groups)), mp_context=context,
-                                           initializer=_worker_init)
+                                           initializer=_worker_init,
+                                           initargs=(os.getpid(),))
             pending: dict[Future, list[Cell]] = {
                 executor.submit(compute_group, [(c.key(), c.digest()) for c in group],
                                 cells_dir): group

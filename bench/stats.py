@@ -283,8 +283,9 @@ _REASON_OF_CYCLE_CAUSE = {
 rebuilds, resyncs, extra emulation; 2-D walks are no exit)."""
 
 
-def kvm_stat_text(record: dict[str, Any], profile: costs.CostProfile, ghz: float) -> str:
-    """A `perf kvm stat report` table (tools/perf/builtin-kvm.c print_result) for one record.
+def kvm_stat_rows(record: dict[str, Any], profile: costs.CostProfile,
+                  ghz: float) -> dict[str, Any]:
+    """The `perf kvm stat report` numbers for one record (``kvm_stat_text`` prints them).
 
     Samples are the exits by reason; Time% shares the priced handling cycles. Min and Max are
     the cheapest and dearest exit cause of the reason (round trip + handler, plus the per-event
@@ -305,11 +306,7 @@ def kvm_stat_text(record: dict[str, Any], profile: costs.CostProfile, ghz: float
     samples = sum(n for groups in per_reason.values() for n, _ in groups)
     total_time = sum(time.values())
     us = 1.0 / (ghz * 1000.0)
-    lines = [f"Analyze events for all VMs, all VCPUs:  ({record['workload_label']} / "
-             f"{record['policy_label']} / seed {record['seed']}; simulated, cost profile "
-             f"{profile.name}, times at {ghz:.2f} GHz)", "",
-             f"{'VM-EXIT':>20s} {'Samples':>10s} {'Samples%':>9s} {'Time%':>9s} "
-             f"{'Min Time':>11s} {'Max Time':>11s} {'Avg time':>16s}", ""]
+    rows = []
     order = sorted(per_reason, key=lambda r: (-sum(n for n, _ in per_reason[r]), r))
     for reason in order:
         groups = per_reason[reason]
@@ -319,12 +316,33 @@ def kvm_stat_text(record: dict[str, Any], profile: costs.CostProfile, ghz: float
         extra = (t - sum(k * v for k, v in groups)) / n  # zaps, rebuilds... spread evenly
         costs_each = [(k, v + extra) for k, v in groups]
         var = sum(k * (v - avg) ** 2 for k, v in costs_each) / n
-        rel = 100.0 * math.sqrt(var / n) / avg if avg else 0.0
+        rows.append({
+            "reason": reason, "samples": n,
+            "samples_percent": 100.0 * n / samples if samples else 0.0,
+            "time_percent": 100.0 * t / total_time if total_time else 0.0,
+            "min_us": min(v for _, v in costs_each) * us,
+            "max_us": max(v for _, v in costs_each) * us, "avg_us": avg * us,
+            "rel_stddev_percent": 100.0 * math.sqrt(var / n) / avg if avg else 0.0})
+    return {"workload": record["workload_label"], "policy": record["policy_label"],
+            "seed": record["seed"], "cost_profile": profile.name, "ghz": ghz, "rows": rows,
+            "total_samples": samples, "total_time_us": total_time * us}
+
+
+def kvm_stat_text(record: dict[str, Any], profile: costs.CostProfile, ghz: float) -> str:
+    """A `perf kvm stat report` table (tools/perf/builtin-kvm.c print_result) for one record
+    (the numbers: ``kvm_stat_rows``)."""
+    data = kvm_stat_rows(record, profile, ghz)
+    lines = [f"Analyze events for all VMs, all VCPUs:  ({data['workload']} / "
+             f"{data['policy']} / seed {data['seed']}; simulated, cost profile "
+             f"{profile.name}, times at {ghz:.2f} GHz)", "",
+             f"{'VM-EXIT':>20s} {'Samples':>10s} {'Samples%':>9s} {'Time%':>9s} "
+             f"{'Min Time':>11s} {'Max Time':>11s} {'Avg time':>16s}", ""]
+    for r in data["rows"]:
         lines.append("%20s %10d %8.2f%% %8.2f%% %9.2fus %9.2fus %9.2fus ( +-%7.2f%% )" % (
-            reason, n, 100.0 * n / samples if samples else 0.0,
-            100.0 * t / total_time if total_time else 0.0,
-            min(v for _, v in costs_each) * us, max(v for _, v in costs_each) * us, avg * us, rel))
-    lines += ["", f"Total Samples:{samples}, Total events handled time:{total_time * us:.2f}us.", ""]
+            r["reason"], r["samples"], r["samples_percent"], r["time_percent"], r["min_us"],
+            r["max_us"], r["avg_us"], r["rel_stddev_percent"]))
+    lines += ["", f"Total Samples:{data['total_samples']}, Total events handled time:"
+              f"{data['total_time_us']:.2f}us.", ""]
     return "\n".join(lines)
 
 

@@ -56,6 +56,11 @@ class Workload:
         """Boot the guest and return its operation stream; ``rng`` is the only randomness."""
         raise NotImplementedError
 
+    def check_inputs(self) -> None:
+        """Read every input file the run will read and raise BenchError at the first problem,
+        before anything is simulated or written (a trace read lazily during the run would
+        otherwise fail part way). By default nothing: ``build`` reads its inputs at once."""
+
 
 def resolve_params(cls: type[Workload], given: dict[str, Any]) -> dict[str, Any]:
     """Every parameter of workload class ``cls``, validated, defaults filled in; with

@@ -73,7 +73,7 @@ BAD_INPUT = [
     (["-w", "tiny", "--set", "pages"], ["expected KEY=VALUE"]),
     (["-w", "tiny", "--set", "pae=maybe"], ["not a boolean"]),
     (["-w", "tiny", "--cost-profile", "pentium-5"], ["cost profile", "core2-penryn-2008"]),
-    (["-w", "tiny", "--seeds", "0"], ["--seeds", "at least 1"]),
+    (["-w", "tiny", "--seeds", "0"], ["--seeds", "from 1 to"]),
     (["-w", "tiny", "--jobs", "x"], ["--jobs"]),
     (["-w", "tiny", "--no-such-option"], ["unrecognized arguments"]),
 ]

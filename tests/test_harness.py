@@ -140,7 +140,11 @@ def test_memory_estimate_grows_with_the_guest_and_the_jobs(tiny):
     s1, _ = runner.estimate_memory(small, 1)
     b1, per = runner.estimate_memory(big, 1)
     b2, _ = runner.estimate_memory(big, 2)
-    assert 0 < s1 < b1 < b2 and per == {"tiny[pages=500]": (b1 - runner.BYTES_PER_WORKER - runner.RECORDING_BYTES) // 2}
+    records = (len(big.cells()) + len(big.oracle_cells())) * runner.BYTES_PER_RECORD
+    assert 0 < s1 < b1 < b2 and per == {"tiny[pages=500]": (
+        b1 - records - runner.BYTES_PER_WORKER - runner.RECORDING_BYTES) // 2}
+    many = experiment.build(["always-emulate"], ["tiny:pages=500"], [], False, 2000)
+    assert runner.estimate_memory(many, 1)[0] - b1 == 2 * 1998 * runner.BYTES_PER_RECORD
     assert runner.available_memory() is None or runner.available_memory() > 0
 
 

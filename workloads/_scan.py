@@ -15,7 +15,7 @@ from bench.params import Param
 from bench.workload import GuestRun
 from workloads._base import COMMON_PARAMS, HZ, KERNEL_PARAMS, GuestWorkload, whole_pages
 from workloads._kmap import Kernel
-from workloads._mm import UserMemory
+from workloads._mm import MAX_PROCESSES, UserMemory
 from workloads._users import AccessStream, UserRunner, check_pattern, lackey_path, read_lackey
 
 TIMESLICE = 10
@@ -32,7 +32,7 @@ SCAN_PARAMS: dict[str, Param] = {
     **COMMON_PARAMS,
     "highmem_mib": Param(float, 1024.0, "highmem data pages the processes map (MiB; the user "
                          "page tables come on top)", check=whole_pages),
-    "processes": Param(int, 8, "user processes", minimum=1, maximum=4096),
+    "processes": Param(int, 8, "user processes", minimum=1, maximum=MAX_PROCESSES),
     "shared": Param(float, 0.1, "fraction of pages in shared segments (several mappings: "
                     "pte_chain pages)", minimum=0.0, maximum=1.0),
     "mappings": Param(int, 2, "mappings per shared page (processes sharing a segment)",

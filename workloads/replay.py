@@ -12,7 +12,7 @@ from mypy_extensions import mypyc_attr
 
 from bench.errors import BenchError
 from bench.params import Param
-from bench.trace import read_trace
+from bench.trace import check_trace, read_trace
 from bench.workload import GuestRun, Workload
 
 
@@ -39,6 +39,12 @@ class Replay(Workload):
         guest, cr3s, ops = read_trace(self.path)
         tables = len(guest.mem.tables)
         return GuestRun(guest, cr3s, ops, {"page_tables": tables})  # type: ignore[arg-type]
+
+    def check_inputs(self) -> None:
+        """Parse the whole trace now (its operations are read lazily during the run)."""
+        if not self.path:
+            raise BenchError("workload replay needs path=FILE (a shadowbench trace)")
+        check_trace(self.path)
 
 
 WORKLOAD = Replay

@@ -29,6 +29,8 @@ DEFAULT_OUT = os.path.join("results", "latest")
 DEFAULT_SWEEP_OUT = os.path.join("results", "sweep")
 CHARTS_DIR = "charts"
 GHZ_DEFAULT = 3.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""The signals that stop a run cleanly (bench.runner holds the same list)."""
 
 
 MAX_JOBS = 1024
@@ -107,11 +109,11 @@ def check_output_paths(args: argparse.Namespace, out: str | None) -> None:
 
 
 class Deferred:
-    """Hold SIGINT/SIGTERM while results are written, so no file is left half-made."""
+    """Hold SIGINT/SIGTERM/SIGHUP while results are written, so no file is left half-made."""
 
     def __enter__(self) -> "Deferred":
         self.signum: int | None = None
-        self.previous = {s: signal.signal(s, self._note) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.previous = {s: signal.signal(s, self._note) for s in STOP_SIGNALS}
         return self
 
     def _note(self, signum: int, frame: Any) -> None:
@@ -168,12 +170,16 @@ def execute(args: argparse.Namespace, experiment: exp.Experiment, out: str,
 
     jobs = args.jobs or os.cpu_count() or 1
     progress = None if args.no_progress else Progress()
-    if progress:
-        progress.phase("building the guests (memory estimate, input files)")
-    weights = runner.check_memory(experiment, jobs, args.force_memory)
-    runner.check_inputs(experiment)
-    with outputs.locked(out):
-        return _execute_locked(args, experiment, out, reuse, jobs, weights, progress)
+    try:
+        if progress:
+            progress.phase("building the guests (memory estimate, input files)")
+        weights = runner.check_memory(experiment, jobs, args.force_memory)
+        runner.check_inputs(experiment)
+        with outputs.locked(out):
+            return _execute_locked(args, experiment, out, reuse, jobs, weights, progress)
+    finally:
+        if progress:
+            progress.stop()
 
 
 def _execute_locked(args: argparse.Namespace, experiment: exp.Experiment, out: str, reuse: bool,
@@ -247,7 +253,7 @@ def draw_charts_and_report(doc: dict[str, Any], out: str, jobs: int,
         stop.append(signum)
         raise KeyboardInterrupt
 
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, interrupt) for s in STOP_SIGNALS}
     chart_paths: list[str] = []
     try:
         chart_paths = write_charts(doc, out, jobs)

@@ -36,14 +36,16 @@ class Progress:
         self.lock = threading.Lock()
         self.ticker: threading.Thread | None = None
         self.stopped = threading.Event()
+        self.pending = False
 
     # -- what the run reports ------------------------------------------------------------------
     def phase(self, name: str) -> None:
-        """A new phase (building the guests, cells, charts): shown at once, ticking."""
+        """A new phase (building the guests, cells, charts), shown at the first tick (so a run
+        that fails at once, on bad input, prints nothing but its error) or the first cell."""
         with self.lock:
             self.name = name
             self.status = ""
-            self._draw(force=True)
+            self.pending = True
         self._tick_on()
 
     def __call__(self, done: int, total: int, reused: int, what: str, fraction: float) -> None:
@@ -59,7 +61,7 @@ class Progress:
                   + (f"; last: {what}" if what else ""))
         with self.lock:
             self.status = status
-            if self.tty or final or now - self.last_cell >= PIPE_SECONDS:
+            if self.tty or final or self.pending or now - self.last_cell >= PIPE_SECONDS:
                 self.last_cell = now
                 self._draw(force=True)
 
@@ -82,6 +84,7 @@ class Progress:
         return text + (f": {self.status}" if self.status else "")
 
     def _draw(self, force: bool = False) -> None:
+        self.pending = False
         text = self.line()
         try:
             if self.tty:
@@ -107,7 +110,7 @@ class Progress:
         while not self.stopped.wait(TICK_SECONDS):
             with self.lock:
                 quiet = time.monotonic() - self.last_write
-                if self.tty:
+                if self.tty or self.pending:
                     self._draw()
                 elif quiet >= HEARTBEAT_SECONDS:
                     try:

@@ -261,7 +261,8 @@ def validate(doc: Any, where: str) -> dict[str, Any]:
                 raise bad(f"record {i}: {key} {value} is out of range")
         for key in ("counters", "exits_by_reason", "cycles_by_cause", "sizes"):
             if not _int_map(record[key]):
-                raise bad(f"record {i}: {key} must map names to whole numbers")
+                raise bad(f"record {i}: {key} must map names to whole numbers from 0 to "
+                          f"2^63-1")
         for mark in record["marks"]:
             if not (isinstance(mark, dict) and isinstance(mark.get("phase"), int)
                     and _int_map(mark.get("counters"))):

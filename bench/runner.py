@@ -3,8 +3,8 @@
 Each cell (and each oracle record) is written, as soon as it is finished, to
 ``OUT/cells/<digest>.json`` by the process that computed it (atomically: a temporary file in the
 same folder, then os.replace). A later run of the same experiment finds them there, so an
-interrupted run resumes where it stopped and a repeated run reuses them. SIGINT and SIGTERM stop
-the run: the workers are ended, the cells already finished stay, and the caller writes a partial
+interrupted run resumes where it stopped and a repeated run reuses them. SIGINT, SIGTERM and SIGHUP
+stop the run: the workers are ended, the cells already finished stay, and the caller writes a partial
 results file. Nothing here prices anything; the records are assembled by bench.results.
 """
 
@@ -46,12 +46,14 @@ BYTES_PER_RECORD = 64 << 10
 """Per cell, in the run's own process: its stored document, its record and the results files
 built from it (a default-run record is about 2.5 KB of JSON; Python objects take several times
 that)."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""The signals that stop a run cleanly (Ctrl-C, kill, a closed terminal): finished cells kept."""
 POLL_SECONDS = 0.5
 """How often the parent looks for cells a worker stored before its whole group finished."""
 
 
 class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived during a run."""
+    """SIGINT, SIGTERM or SIGHUP arrived during a run."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -183,6 +185,7 @@ def _worker_init(parent: int) -> None:
     _parent = parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _die_with_parent()
     if os.getppid() != parent:  # it died before the request took effect
         os._exit(1)
@@ -332,7 +335,7 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
     workload entry's ``weights`` (cells of big guests take longer). ``done``, ``total`` and
     ``reused`` (and the outcome's ``reused``/``computed``) count policy cells, the records of
     results.json; the offline optimum's records only advance ``fraction``.
-    SIGINT/SIGTERM end the workers and return with ``interrupted`` set; the finished cells are in
+    SIGINT/SIGTERM/SIGHUP end the workers and return with ``interrupted`` set; the finished cells are in
     the outcome and on disk.
     """
     wanted = experiment.oracle_cells() + list(experiment.cells())
@@ -375,7 +378,7 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
     if progress:
         progress(count[0], total, outcome.reused, "", 0.0)
 
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     for s in previous:
         signal.signal(s, _raise_interrupted)
     executor: ProcessPoolExecutor | None = None

@@ -282,8 +282,8 @@ def finish(args: argparse.Namespace, doc: dict[str, Any], out: str) -> None:
         sys.stdout.write(results.dumps(doc))
     else:
         sys.stdout.write(stats.summary_text(doc))
-        sys.stdout.write(f"results in {out}/ (results.json, results.csv, pyperf.json, "
-                         f"{CHARTS_DIR}/, report.md)\n")
+        sys.stdout.write(f"results in {out}/ (results.json, results.csv, passes.csv, "
+                         f"pyperf.json, {CHARTS_DIR}/, report.md)\n")
     sys.stdout.flush()
 
 

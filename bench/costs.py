@@ -243,8 +243,14 @@ DEFAULT_PROFILE = PENRYN.name
 
 
 def profile(name: str) -> CostProfile:
+    """A built-in profile by name, or the profile a TOML file describes (``NAME.toml``,
+    bench.cost_file)."""
+    from bench import cost_file
+
+    if cost_file.is_profile_file(name):
+        return cost_file.load(name)
     if name not in PROFILES:
-        raise unknown_name("cost profile", name, PROFILES)
+        raise unknown_name("cost profile (or a PATH.toml file)", name, PROFILES)
     return PROFILES[name]
 
 
@@ -253,3 +259,15 @@ def profile_from_dict(data: dict) -> CostProfile:
     fields = dict(data)
     fields["estimates"] = tuple(fields.get("estimates", ()))
     return CostProfile(**fields)
+
+
+def profile_problem(name: str) -> str | None:
+    """Param check for a policy's ``cost_profile``: None for a built-in profile's name or a
+    valid profile file, else what is wrong."""
+    from bench.errors import BenchError
+
+    try:
+        profile(name)
+    except BenchError as err:
+        return str(err)
+    return None

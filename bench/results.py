@@ -33,11 +33,27 @@ from bench.machine.counters import ALL_COUNTERS, exits_by_reason
 SCHEMA_VERSION = 1
 KIND = "shadowbench-results"
 RESULTS_JSON, RESULTS_CSV, PYPERF_JSON = "results.json", "results.csv", "pyperf.json"
+PASSES_CSV = "passes.csv"
+PYPERF_GHZ = 3.0
+"""The clock pyperf's run durations are given at: a run's ``duration`` is its simulated cycles
+at this clock (pyperf otherwise takes the values, cycles, for seconds)."""
 
 
 # -- provenance --------------------------------------------------------------------------------
+BUILD_INFO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_build_info.json")
+"""Written by setup.py into an installed copy: the git commit it was built from."""
+
+
 def git_commit() -> str | None:
-    """The project's git commit (with ``-dirty`` when the tree has changes), or None."""
+    """The project's git commit (with ``-dirty`` when the tree has changes), or None: for an
+    installed copy, the commit stamped at build time (BUILD_INFO); else the checkout's."""
+    try:
+        with open(BUILD_INFO, encoding="utf-8") as handle:
+            stamped = json.load(handle).get("git_commit")
+        if isinstance(stamped, str) and stamped:
+            return stamped
+    except (OSError, ValueError, AttributeError):
+        pass
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
@@ -334,9 +350,11 @@ def csv_text(doc: dict[str, Any]) -> str:
     sizes = sorted({k for r in records for k in r["sizes"]})
     pparams = sorted({k for r in records for k in r["policy_params"]})
     wparams = sorted({k for r in records for k in r["workload_params"]})
+    provenance = _provenance(doc)
     head = ["workload", "workload_label", "policy", "policy_label", "seed", "guest_ops",
             "native_cycles", "virtualization_cycles", "cycles", "overhead", "opt_ratio"]
-    columns = (head + [f"counter.{c}" for c in counters + extra_counters]
+    columns = (list(provenance) + ["cell"] + head
+               + [f"counter.{c}" for c in counters + extra_counters]
                + [f"exits.{r}" for r in reasons] + [f"cycles.{c}" for c in causes]
                + [f"size.{s}" for s in sizes] + [f"policy_param.{p}" for p in pparams]
                + [f"workload_param.{w}" for w in wparams])
@@ -344,7 +362,8 @@ def csv_text(doc: dict[str, Any]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     for r in records:
-        row = [r[k] if r[k] is not None else "" for k in head]
+        row = list(provenance.values()) + [r["cell"]]
+        row += [r[k] if r[k] is not None else "" for k in head]
         row += [r["counters"].get(c, "") for c in counters + extra_counters]
         row += [r["exits_by_reason"].get(x, 0) for x in reasons]
         row += [r["cycles_by_cause"].get(c, "") for c in causes]
@@ -352,6 +371,32 @@ def csv_text(doc: dict[str, Any]) -> str:
         row += [_cell_text(r["policy_params"], p) for p in pparams]
         row += [_cell_text(r["workload_params"], w) for w in wparams]
         writer.writerow(row)
+    return out.getvalue()
+
+
+def _provenance(doc: dict[str, Any]) -> dict[str, str]:
+    """The columns every CSV row starts with: where the numbers come from."""
+    meta = doc["meta"]
+    return {"project_version": meta["project_version"],
+            "git_commit": meta.get("git_commit") or "",
+            "cost_profile": meta["cost_profile"]["name"],
+            "complete": "true" if doc["complete"] else "false"}
+
+
+def passes_csv_text(doc: dict[str, Any]) -> str:
+    """Long format, one row per (record, MARK phase, counter): the counters at the end of each
+    pass (zeros left out, as in ``marks``), cumulative from the start of the run."""
+    provenance = _provenance(doc)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(list(provenance) + ["cell", "workload_label", "policy_label", "seed",
+                                        "phase", "counter", "value"])
+    for r in doc["records"]:
+        for mark in r["marks"]:
+            for counter, value in sorted(mark["counters"].items()):
+                writer.writerow(list(provenance.values()) + [
+                    r["cell"], r["workload_label"], r["policy_label"], r["seed"],
+                    mark["phase"], counter, value])
     return out.getvalue()
 
 
@@ -380,7 +425,10 @@ def pyperf_suite(doc: dict[str, Any]):
             runs.append(pyperf.Run([r["cycles"]], collect_metadata=False, metadata={
                 "name": name, "unit": "integer", "description":
                     f"simulated cycles, cost profile {profile}",
-                "shadowbench_version": doc["meta"]["project_version"]}))
+                "duration": r["cycles"] / (PYPERF_GHZ * 1e9),
+                "shadowbench_version": doc["meta"]["project_version"],
+                "shadowbench_seed": r["seed"], "shadowbench_cell": r["cell"],
+                "shadowbench_cost_profile": profile}))
         if runs:
             benchmarks.append(pyperf.Benchmark(runs))
     return pyperf.BenchmarkSuite(benchmarks) if benchmarks else None
@@ -396,11 +444,14 @@ def write_pyperf(doc: dict[str, Any], path: str) -> bool:
 
 
 def write_folder(doc: dict[str, Any], folder: str) -> list[str]:
-    """results.json, results.csv and pyperf.json into ``folder``; returns the paths written."""
+    """results.json, results.csv, passes.csv and pyperf.json into ``folder``; returns the paths
+    written."""
     os.makedirs(folder, exist_ok=True)
-    paths = [os.path.join(folder, RESULTS_JSON), os.path.join(folder, RESULTS_CSV)]
+    paths = [os.path.join(folder, RESULTS_JSON), os.path.join(folder, RESULTS_CSV),
+             os.path.join(folder, PASSES_CSV)]
     write_json(doc, paths[0])
     atomic_write_text(paths[1], csv_text(doc))
+    atomic_write_text(paths[2], passes_csv_text(doc))
     ppath = os.path.join(folder, PYPERF_JSON)
     if write_pyperf(doc, ppath):
         paths.append(ppath)

@@ -128,7 +128,8 @@ def test_json_path_and_summary_table(tiny_charts, capsys, tmp_path):
     assert any(l.startswith("always-unshadow") for l in out.splitlines())
     assert results.load(str(tmp_path / "doc.json"))["records"]
     written = sorted(os.listdir(tmp_path / "o"))
-    assert written == ["cells", "charts", "pyperf.json", "report.md", "results.csv", "results.json"]
+    assert written == ["cells", "charts", "passes.csv", "pyperf.json", "report.md", "results.csv",
+                       "results.json"]
     charts = os.listdir(tmp_path / "o" / "charts")
     assert "cycles-tiny.png" in charts and "cycles-tiny.svg" in charts
     assert "traps-tiny.png" in charts
@@ -309,3 +310,33 @@ def test_unknown_names_suggest_only_close_ones():
     assert "did you mean" not in far and "valid: accessed-clear" in far
     assert "did you mean flood-count? " in str(unknown_name("policy", "flod-count", names))
     assert "did you mean xen-batch? " in str(unknown_name("policy", "xen-bach", names))
+
+
+def test_json_on_list_compare_and_stat(tiny_results):
+    r = bench("list", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["policies"]["always-emulate"]["summary"]
+    assert data["workloads"]["tiny"]["params"]["pages"]["maximum"] == 512
+    assert costs.DEFAULT_PROFILE in data["cost_profiles"]
+    r = bench("compare", str(tiny_results), "--json")
+    assert r.returncode == 0, r.stderr
+    comparison = json.loads(r.stdout)
+    assert comparison["baseline"] == "always-emulate" and comparison["comparisons"]
+    assert {c["method"] for c in comparison["comparisons"]} == {"t"}
+    r = bench("stat", str(tiny_results), "-p", "always-emulate", "--seed", "0", "--json")
+    assert r.returncode == 0, r.stderr
+    (table,) = json.loads(r.stdout)
+    assert table["policy"] == "always-emulate" and table["rows"][0]["reason"] == "EXCEPTION_NMI"
+
+
+def test_version_and_help_of_every_verb():
+    r = bench("--version", tiny=False)
+    assert r.returncode == 0 and r.stdout.startswith("shadowbench ")
+    assert "git commit" in r.stdout
+    for verb in ("run", "sweep", "list", "plot", "compare", "stat", "reprice"):
+        r = bench(verb, "--help", tiny=False)
+        assert r.returncode == 0 and "examples:" in r.stdout and f"python -m bench {verb}" in r.stdout
+    r = bench("run", "--seed", "3", tiny=False)
+    assert r.returncode == 2 and "see python -m bench --help" in r.stderr
+    assert "bench bench" not in r.stderr

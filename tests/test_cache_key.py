@@ -185,3 +185,40 @@ def test_the_key_holds_the_schema_version(monkeypatch):
 def test_an_unreadable_input_file_is_one_line(tmp_path):
     with pytest.raises(Exception, match="folder|does not exist"):
         _kmap_cell(pattern=f"lackey:{tmp_path}")
+
+
+def test_a_third_party_class_adds_its_package_sources(tmp_path, monkeypatch):
+    import importlib
+
+    package = tmp_path / "vendorpol"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helpers.py").write_text("FACTOR = 2\n")
+    (package / "mine.py").write_text("class Mine:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cls = importlib.import_module("vendorpol.mine").Mine
+    first = fingerprint.class_digest(cls)
+    assert first != fingerprint.core_digest()
+    (package / "helpers.py").write_text("FACTOR = 3\n")  # a helper module of the package
+    fingerprint.class_digest.cache_clear()
+    assert fingerprint.class_digest(cls) != first
+
+
+def test_a_full_disk_while_storing_a_cell_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import _tiny_workload
+
+    from bench import runner
+    from bench.__main__ import main
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    _tiny_workload.patch(monkeypatch)
+    monkeypatch.setattr(runner, "atomic_write_text", full)
+    rc = main(["run", "-w", "tiny", "-p", "always-emulate", "--seeds", "1", "--jobs", "1",
+               "--no-progress", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith("bench: error: cannot write ") and "No space left" in err[0]

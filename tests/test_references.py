@@ -31,3 +31,15 @@ def test_cost_profile_sources_cite_only_documents_in_the_project():
     assert _unresolved(text) == []
     with open(os.path.join(ROOT, "bench", "costs.py"), encoding="utf-8") as handle:
         assert _unresolved(handle.read()) == []
+
+
+def test_the_docs_cite_only_documents_in_the_project():
+    texts = {"README.md": open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()}
+    for name in os.listdir(os.path.join(ROOT, "docs")):
+        if name.endswith(".md"):
+            with open(os.path.join(ROOT, "docs", name), encoding="utf-8") as handle:
+                texts[f"docs/{name}"] = handle.read()
+    for name, text in texts.items():
+        assert "../shared" not in text and "../seed" not in text, name
+        cited = [ref for ref in re.findall(r"docs/[\w.-]+\.md", text)]
+        assert all(os.path.isfile(os.path.join(ROOT, ref)) for ref in cited), name

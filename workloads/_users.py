@@ -51,7 +51,7 @@ def read_lackey(path: str) -> tuple[array, bytearray]:
 
     Returns (addresses, writes): ``L`` is a load, ``S`` a store and ``M`` a modify (counted as a
     write); instruction fetches (``I``) and valgrind's ``==pid==`` lines are skipped (format in
-    ../shared/docs/formats.md section 4). A malformed line is a BenchError naming file and line.
+    docs/workloads.md, User processes). A malformed line is a BenchError naming file and line.
     """
     addrs = array("Q")
     writes = bytearray()

@@ -31,9 +31,9 @@ PACKAGES: tuple[str, ...] = ("bench", "policies", "workloads")
 
 PRESENTATION: tuple[str, ...] = (
     "bench/__main__.py",
-    "bench/cli",
     "bench/charts",
     "bench/fingerprint.py",
+    "bench/outputs.py",
     "bench/perf.py",
     "bench/plots.py",
     "bench/progress.py",

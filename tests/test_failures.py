@@ -32,6 +32,7 @@ def test_a_raising_policy_names_its_cell_and_keeps_the_finished_ones(tmp_path, j
     assert any("tiny-raise" in n for n in doc["meta"]["notes"])
     assert "Traceback" in (out / "failure.txt").read_text()
     assert "Partial run" in (out / "report.md").read_text()
+    assert "A cell raised" in (out / "report.md").read_text()
     # the finished cells are in the cache: a run without the bad policy reuses them
     r = bench("run", "-w", "tiny", "-p", "always-emulate", "--seeds", "2", "--jobs", jobs,
               "--no-progress", "--out", str(out), "--json", "-")

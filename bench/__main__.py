@@ -6,24 +6,18 @@ is validated before any work starts or any file is written. See docs/cli.md.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
+from typing import Any
 
-if __name__ == "__main__":  # Ctrl-C while the modules load: one line, no traceback
-    signal.signal(signal.SIGINT, lambda signum, frame: (
-        sys.stderr.write("bench: interrupted by SIGINT before anything was written\n"),
-        os._exit(128 + signum)))
-
-import argparse  # noqa: E402
-from typing import Any  # noqa: E402
-
-from bench import costs  # noqa: E402
-from bench import experiment as exp  # noqa: E402
-from bench import outputs, registry, results  # noqa: E402
-from bench.errors import BenchError  # noqa: E402
-from bench.files import atomic_write_text  # noqa: E402
-from bench.progress import Progress  # noqa: E402
+from bench import costs
+from bench import experiment as exp
+from bench import outputs, registry, results
+from bench.errors import BenchError
+from bench.files import atomic_write_text
+from bench.progress import Progress
 
 DEFAULT_OUT = os.path.join("results", "latest")
 DEFAULT_SWEEP_OUT = os.path.join("results", "sweep")

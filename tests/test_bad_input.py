@@ -290,3 +290,20 @@ def test_sighup_stops_the_run_cleanly(tmp_path):
     time.sleep(0.3)
     assert _processes_naming(out) == []
     assert json.loads(Path(out, "results.json").read_text())["complete"] is False
+
+
+def test_ctrl_c_while_the_modules_load_is_one_line():
+    """Started as the command line, the package installs a quiet SIGINT handler first thing."""
+    code = ("import os, signal, sys\n"
+            "sys.argv[:1] = ['-m']\n"
+            "import bench\n"
+            "os.kill(os.getpid(), signal.SIGINT)\n"
+            "import time; time.sleep(5)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 130
+    assert proc.stderr.splitlines() == ["bench: interrupted by SIGINT before anything was written"]
+    plain = subprocess.run([sys.executable, "-c", "import bench, signal; print("
+                            "signal.getsignal(signal.SIGINT) is signal.default_int_handler)"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert plain.stdout.strip() == "True"  # a library import changes nothing

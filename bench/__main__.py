@@ -196,9 +196,11 @@ def _execute_locked(args: argparse.Namespace, experiment: exp.Experiment, out: s
     if failure is not None:
         notes.append(f"stopped because a cell raised: {failure.message}")
     complete = outcome.interrupted is None and failure is None
+    if progress:
+        progress.phase("results (pricing, the offline optimum, results files)")
     with Deferred() as deferred:
         volatile = {
-            "command": ["python", "-m", "bench"] + list(args.argv),
+            "command": _program().split() + list(args.argv),
             "started": started, "finished": results.now(), "host": results.host_description(),
             "jobs": jobs, "cells_reused": outcome.reused, "cells_computed": outcome.computed,
         }
@@ -212,6 +214,8 @@ def _execute_locked(args: argparse.Namespace, experiment: exp.Experiment, out: s
             os.unlink(failure_txt)
         if args.json and args.json != "-" and complete:
             results.write_json(doc, args.json)
+    if progress:
+        progress.stop()
     done = f"{doc['meta']['cells_done']} of {doc['meta']['cells_expected']} cells done"
     if failure is not None:
         sys.stderr.write(f"bench: error: {failure.message}; {done}, kept in {out} (results marked "

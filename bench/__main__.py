@@ -657,8 +657,23 @@ def _quiet_stdout() -> None:
         pass
 
 
+_fork_guard = False
+
+
+def install_fork_guard() -> None:
+    """Every process this one forks (cell workers, chart workers) dies with it, even when it is
+    SIGKILLed (bench.runner.die_with_forking_parent in each child); once per process."""
+    global _fork_guard
+    if not _fork_guard and hasattr(os, "register_at_fork"):
+        from bench.runner import die_with_forking_parent, note_forking_parent
+
+        os.register_at_fork(before=note_forking_parent, after_in_child=die_with_forking_parent)
+        _fork_guard = True
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    install_fork_guard()
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         parser = create_parser(_program())

@@ -178,6 +178,23 @@ def _die_with_parent() -> None:
         pass
 
 
+_forking_parent = 0
+
+
+def note_forking_parent() -> None:
+    """os.register_at_fork ``before`` hook: remember who is forking."""
+    global _forking_parent
+    _forking_parent = os.getpid()
+
+
+def die_with_forking_parent() -> None:
+    """os.register_at_fork ``after_in_child`` hook: die with the parent, and at once if it
+    already died before the request took effect."""
+    _die_with_parent()
+    if _forking_parent and os.getppid() != _forking_parent:
+        os._exit(1)
+
+
 def _worker_init(parent: int) -> None:
     """Workers leave SIGINT to the parent (which ends them); SIGTERM ends them at once; they
     die with the parent (even a SIGKILLed one) and never write a cell after it is gone."""

@@ -307,3 +307,31 @@ def test_ctrl_c_while_the_modules_load_is_one_line():
                             "signal.getsignal(signal.SIGINT) is signal.default_int_handler)"],
                            cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert plain.stdout.strip() == "True"  # a library import changes nothing
+
+
+def test_any_process_the_command_forks_dies_with_it():
+    """Chart workers as well as cell workers: the fork guard covers every fork."""
+    code = ("import os, sys, time\n"
+            "from bench.__main__ import install_fork_guard\n"
+            "install_fork_guard()\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    time.sleep(60)\n"
+            "    os._exit(0)\n"
+            "print(pid, flush=True)\n"
+            "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True)
+    child = int(proc.stdout.readline())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{child}") and time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{child}/stat") as handle:
+                if handle.read().split(")")[-1].split()[0] == "Z":
+                    break  # dead, waiting to be reaped by init
+        except OSError:
+            break
+        time.sleep(0.05)
+    assert time.monotonic() < deadline, "the forked child outlived its killed parent"

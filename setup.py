@@ -13,8 +13,11 @@ import runpy
 import sys
 from pathlib import Path
 
+import subprocess
+
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 CORE = runpy.run_path(str(ROOT / "bench" / "_compiled.py"))
@@ -48,6 +51,36 @@ class OptionalBuildExt(build_ext):
         return outputs
 
 
+def _git_commit() -> str | None:
+    """The checkout's commit (``-dirty`` with local changes), or None outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+class StampedBuildPy(build_py):
+    """build_py that stamps the git commit of the sources into the installed package
+    (bench/_build_info.json), so an installed copy reports it (bench.results.git_commit)."""
+
+    def run(self) -> None:
+        super().run()
+        if not self.dry_run:
+            info = Path(self.build_lib) / "bench" / "_build_info.json"
+            info.parent.mkdir(parents=True, exist_ok=True)
+            info.write_text(json.dumps({"git_commit": _git_commit()}) + "\n")
+
+    def get_outputs(self, include_bytecode: bool = True) -> list[str]:
+        return super().get_outputs(include_bytecode) + [
+            str(Path(self.build_lib) / "bench" / "_build_info.json")]
+
+
 def extensions() -> list:
     if PURE:
         return []
@@ -64,4 +97,5 @@ def extensions() -> list:
         return []
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
+setup(ext_modules=extensions(),
+      cmdclass={"build_ext": OptionalBuildExt, "build_py": StampedBuildPy})

@@ -10,74 +10,73 @@ import argparse
 import os
 import signal
 import sys
-import time
 from typing import Any
 
 from bench import costs
 from bench import experiment as exp
-from bench import registry
-from bench import results
+from bench import outputs, registry, results
 from bench.errors import BenchError
+from bench.files import atomic_write_text
+from bench.progress import Progress
 
 DEFAULT_OUT = os.path.join("results", "latest")
 DEFAULT_SWEEP_OUT = os.path.join("results", "sweep")
 CHARTS_DIR = "charts"
+GHZ_DEFAULT = 3.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""The signals that stop a run cleanly (bench.runner holds the same list)."""
+
+
+MAX_JOBS = 1024
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line and exit status 2, like every other bad input."""
+    """argparse whose usage errors are one line and exit status 2, like every other bad input;
+    no abbreviated options (``--seed`` is not ``--seeds``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"bench: error: {message} (see python -m bench {self._verb()}--help)\n")
+        sys.stderr.write(f"bench: error: {' '.join(message.split())} "
+                         f"(see {self.prog} --help)\n")
         sys.exit(2)
 
-    def _verb(self) -> str:
-        parts = self.prog.split()
-        return parts[-1] + " " if len(parts) > 2 else ""
+
+def bounded_int(low: int, high: int):
+    """An argparse type: a decimal whole number from ``low`` to ``high``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be from {low} to {high}")
+        return value
+    return parse
 
 
 def positive_int(text: str) -> int:
+    return bounded_int(1, 2**31)(text)
+
+
+def nonempty(text: str) -> str:
+    """An argparse type: any text but an empty one (an empty value is never a default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def finite_float(text: str) -> float:
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     return value
-
-
-# -- progress ----------------------------------------------------------------------------------
-class Progress:
-    """A one-line progress display on stderr (rewritten in place on a terminal, else a line
-    every few seconds)."""
-
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.start = time.monotonic()
-        self.last = 0.0
-        self.width = 0
-
-    def __call__(self, done: int, total: int, reused: int, what: str, fraction: float) -> None:
-        """``fraction``: the share of the work to compute that is done (cells weighted by the
-        size of their guest), which the time left is estimated from."""
-        now = time.monotonic()
-        final = done == total
-        if not self.tty and not final and now - self.last < 5:
-            return
-        self.last = now
-        elapsed = now - self.start
-        computed = done - reused
-        left = elapsed * (1 - fraction) / fraction if fraction > 0 else 0
-        eta = f", ~{left:.0f}s left" if computed and not final else ""
-        text = (f"[{done}/{total} cells{f', {reused} reused' if reused else ''}, "
-                f"{elapsed:.0f}s{eta}] {what}")
-        if self.tty:
-            text = text[:150]
-            sys.stderr.write("\r" + text.ljust(self.width) + ("\n" if final else ""))
-            self.width = len(text)
-        else:
-            sys.stderr.write(text + "\n")
-        sys.stderr.flush()
 
 
 # -- shared steps of run and sweep -------------------------------------------------------------
@@ -93,24 +92,22 @@ def experiment_from_args(args: argparse.Namespace, grid: dict[str, list[Any]] | 
                      set_values=toml.get("set"))
 
 
-def check_output_paths(args: argparse.Namespace, out: str) -> None:
-    """Refuse outputs that cannot be written, before anything is."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise BenchError(f"--out {out} exists and is not a folder")
-    if args.json and args.json != "-":
-        parent = os.path.dirname(os.path.abspath(args.json))
-        if not os.path.isdir(parent):
-            raise BenchError(f"--json {args.json}: folder {parent} does not exist")
-        if os.path.isdir(args.json):
-            raise BenchError(f"--json {args.json} is a folder (give a file name or -)")
+def check_output_paths(args: argparse.Namespace, out: str | None) -> None:
+    """Refuse outputs that cannot be written (the folder ``out``, ``--json PATH``), before
+    anything is simulated or written (bench.outputs)."""
+    if out is not None:
+        outputs.check_folder(out)
+    json_path = getattr(args, "json", None)
+    if json_path is not None and json_path != "-":
+        outputs.check_file(json_path)
 
 
 class Deferred:
-    """Hold SIGINT/SIGTERM while results are written, so no file is left half-made."""
+    """Hold SIGINT/SIGTERM/SIGHUP while results are written, so no file is left half-made."""
 
     def __enter__(self) -> "Deferred":
         self.signum: int | None = None
-        self.previous = {s: signal.signal(s, self._note) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.previous = {s: signal.signal(s, self._note) for s in STOP_SIGNALS}
         return self
 
     def _note(self, signum: int, frame: Any) -> None:
@@ -138,9 +135,14 @@ def write_charts(doc: dict[str, Any], out: str, jobs: int = 1) -> list[str]:
     """Charts into OUT/charts (drawn by ``jobs`` processes), removing charts a previous run
     left there."""
     from bench.plots import write_charts as draw
+    from bench.runner import clean_temporaries
 
     folder = os.path.join(out, CHARTS_DIR)
-    paths = draw(doc, folder, jobs)
+    clean_temporaries(folder)  # what a killed drawing left
+    try:
+        paths = draw(doc, folder, jobs)
+    finally:
+        clean_temporaries(folder)
     keep = {os.path.abspath(p) for p in paths}
     if os.path.isdir(folder):
         for name in os.listdir(folder):
@@ -150,36 +152,125 @@ def write_charts(doc: dict[str, Any], out: str, jobs: int = 1) -> list[str]:
     return paths
 
 
+FAILURE_TXT = "failure.txt"
+"""OUT/failure.txt: the traceback of the cell that raised (removed by a run that completes)."""
+
+
 def execute(args: argparse.Namespace, experiment: exp.Experiment, out: str,
             reuse: bool = True) -> tuple[dict[str, Any], int | None]:
-    """Run the experiment into ``out`` and write every output; returns (document, signal)."""
+    """Run the experiment into ``out`` and write every output; returns (document, exit status
+    or None): 128 + the signal's number when interrupted, 1 when a cell raised."""
     from bench import runner
 
     jobs = args.jobs or os.cpu_count() or 1
-    weights = runner.check_memory(experiment, jobs, args.force_memory)
-    started = results.now()
     progress = None if args.no_progress else Progress()
-    outcome = runner.execute(experiment, out, jobs, reuse=reuse, progress=progress,
-                             weights=weights)
+    try:
+        if progress:
+            progress.phase("building the guests (memory estimate, input files)")
+        weights = runner.check_memory(experiment, jobs, args.force_memory)
+        runner.check_inputs(experiment)
+        with outputs.locked(out):
+            return _execute_locked(args, experiment, out, reuse, jobs, weights, progress)
+    finally:
+        if progress:
+            progress.stop()
+
+
+def _execute_locked(args: argparse.Namespace, experiment: exp.Experiment, out: str, reuse: bool,
+                    jobs: int, weights: dict[str, float],
+                    progress: Progress | None) -> tuple[dict[str, Any], int | None]:
+    from bench import runner
+
+    started = results.now()
+    if progress:
+        progress.phase("cells")
+    try:
+        outcome = runner.execute(experiment, out, jobs,
+                                 reuse=reuse and not (args.rebuild or args.no_cache),
+                                 progress=progress, weights=weights, store=not args.no_cache)
+    finally:
+        if progress:
+            progress.stop()
     notes: list[str] = []
+    failure = outcome.failed
+    if failure is not None:
+        notes.append(f"stopped because a cell raised: {failure.message}")
+    complete = outcome.interrupted is None and failure is None
+    if progress:
+        progress.phase("results (pricing, the offline optimum, results files)")
     with Deferred() as deferred:
         volatile = {
-            "command": ["python", "-m", "bench"] + list(args.argv),
+            "command": _program().split() + list(args.argv),
             "started": started, "finished": results.now(), "host": results.host_description(),
             "jobs": jobs, "cells_reused": outcome.reused, "cells_computed": outcome.computed,
         }
-        doc = results.make_document(experiment, outcome.cells, outcome.oracles,
-                                    outcome.interrupted is None, volatile, notes)
-        write_outputs(doc, out, jobs=jobs)
-        if args.json and args.json != "-" and outcome.interrupted is None:
+        doc = results.make_document(experiment, outcome.cells, outcome.oracles, complete,
+                                    volatile, notes)
+        write_outputs(doc, out, jobs=jobs, charts=False)
+        failure_txt = os.path.join(out, FAILURE_TXT)
+        if failure is not None:
+            atomic_write_text(failure_txt, failure.message + "\n\n" + failure.details)
+        elif complete and os.path.exists(failure_txt):
+            os.unlink(failure_txt)
+        if args.json and args.json != "-" and complete:
             results.write_json(doc, args.json)
-    signum = outcome.interrupted.signum if outcome.interrupted else deferred.signum
+    if progress:
+        progress.stop()
+    done = f"{doc['meta']['cells_done']} of {doc['meta']['cells_expected']} cells done"
+    if failure is not None:
+        sys.stderr.write(f"bench: error: {failure.message}; {done}, kept in {out} (results marked "
+                         f"partial; traceback in {failure_txt})\n")
+        return doc, 1
+    signum = outcome.interrupted.signum if outcome.interrupted else None
     if signum:
-        sys.stderr.write(
-            f"bench: interrupted by {signal.Signals(signum).name}: {doc['meta']['cells_done']} of "
-            f"{doc['meta']['cells_expected']} cells done, kept in {out}; "
-            f"rerun the same command to resume\n")
-    return doc, signum
+        sys.stderr.write(f"bench: interrupted by {signal.Signals(signum).name}: {done}, kept in "
+                         f"{out}; rerun the same command to resume\n")
+        return doc, 128 + signum
+    if deferred.signum:
+        sys.stderr.write(f"bench: interrupted by {signal.Signals(deferred.signum).name} while "
+                         f"writing the results: all {done}; results.json is complete in {out}, "
+                         f"charts not drawn (python -m bench plot {out} draws them)\n")
+        return doc, 128 + deferred.signum
+    signum = draw_charts_and_report(doc, out, jobs, progress)
+    if signum:
+        return doc, 128 + signum
+    return doc, None
+
+
+def draw_charts_and_report(doc: dict[str, Any], out: str, jobs: int,
+                           progress: "Progress | None") -> int | None:
+    """Charts, then report.md; SIGINT/SIGTERM while drawing stops the charts (the results are
+    already written), keeps report.md consistent and returns the signal."""
+    from bench.report import write_report
+
+    if progress:
+        progress.phase("charts")
+    stop: list[int] = []
+
+    def interrupt(signum: int, frame: Any) -> None:
+        stop.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, interrupt) for s in STOP_SIGNALS}
+    chart_paths: list[str] = []
+    try:
+        chart_paths = write_charts(doc, out, jobs)
+    except KeyboardInterrupt:
+        if not stop:
+            raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if progress:
+            progress.stop()
+    with Deferred():
+        write_report(doc, chart_paths, out)
+    if stop:
+        sys.stderr.write(f"bench: interrupted by {signal.Signals(stop[0]).name} while drawing the "
+                         f"charts: the results are complete in {out}; python -m bench plot {out} "
+                         f"draws the charts\n")
+        return stop[0]
+    return None
 
 
 def finish(args: argparse.Namespace, doc: dict[str, Any], out: str) -> None:
@@ -189,14 +280,14 @@ def finish(args: argparse.Namespace, doc: dict[str, Any], out: str) -> None:
         sys.stdout.write(results.dumps(doc))
     else:
         sys.stdout.write(stats.summary_text(doc))
-        sys.stdout.write(f"results in {out}/ (results.json, results.csv, pyperf.json, "
-                         f"{CHARTS_DIR}/, report.md)\n")
+        sys.stdout.write(f"results in {out}/ (results.json, results.csv, passes.csv, "
+                         f"pyperf.json, {CHARTS_DIR}/, report.md)\n")
     sys.stdout.flush()
 
 
 # -- verbs -------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    out = args.out or DEFAULT_OUT
+    out = DEFAULT_OUT if args.out is None else args.out
     previous = None
     if args.from_:
         given = [o for o, v in (("-p", args.policy), ("-w", args.workload), ("--set", args.set),
@@ -209,9 +300,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         experiment = experiment_from_args(args)
     check_output_paths(args, out)
-    doc, signum = execute(args, experiment, out, reuse=previous is None)
-    if signum:
-        return 128 + signum
+    doc, status = execute(args, experiment, out, reuse=previous is None)
+    if status:
+        return status
     finish(args, doc, out)
     if previous is not None:
         lines = differences(previous, doc)
@@ -260,16 +351,39 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise BenchError("sweep needs a grid: --grid KEY=V1,V2,... or a [grid] table in an "
                          "experiment file")
     experiment = experiment_from_args(args, grid, toml)
-    out = args.out or DEFAULT_SWEEP_OUT
+    out = DEFAULT_SWEEP_OUT if args.out is None else args.out
     check_output_paths(args, out)
-    doc, signum = execute(args, experiment, out)
-    if signum:
-        return 128 + signum
+    doc, status = execute(args, experiment, out)
+    if status:
+        return status
     finish(args, doc, out)
     return 0
 
 
+def _param_json(p: Any) -> dict[str, Any]:
+    return {"type": p.kind.__name__, "default": p.default, "help": p.help,
+            "choices": list(p.choices) if p.choices else None, "minimum": p.minimum,
+            "maximum": p.maximum}
+
+
+def list_json() -> dict[str, Any]:
+    """What ``list`` shows, as data (``list --json``)."""
+    def entries(classes: dict[str, Any]) -> dict[str, Any]:
+        return {name: {"summary": cls.summary,
+                       "params": {k: _param_json(p) for k, p in sorted(cls.params.items())}}
+                for name, cls in classes.items()}
+
+    return {"policies": entries(registry.policies()), "workloads": entries(registry.workloads()),
+            "cost_profiles": {name: prof.as_dict() for name, prof in costs.PROFILES.items()},
+            "default_cost_profile": costs.DEFAULT_PROFILE,
+            "default_run": {"workloads": [exp.label(n, p, set(p)) for n, p in exp.DEFAULT_WORKLOADS],
+                            "seeds": exp.DEFAULT_SEEDS}}
+
+
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.json:
+        sys.stdout.write(results.dumps(list_json()))
+        return 0
     lines = ["policies:"]
     for name, cls in registry.policies().items():
         lines.append(f"  {name}: {cls.summary}")
@@ -280,7 +394,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         lines.append(f"  {name}: {cls.summary}")
         lines += [f"      {k}: {p.describe()}" for k, p in sorted(cls.params.items())]
     lines.append("")
-    lines.append("cost profiles (* = estimate; cycles per event):")
+    lines.append("cost profiles (* = estimate; cycles per event; sources in docs/costs.md):")
     for name, prof in costs.PROFILES.items():
         default = " (default)" if name == costs.DEFAULT_PROFILE else ""
         lines.append(f"  {name}{default}: {prof.cpu}")
@@ -300,13 +414,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from bench.report import write_report
 
     doc = results.load(args.results)
-    folder = args.out or _folder_of(args.results)
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise BenchError(f"--out {folder} exists and is not a folder")
-    os.makedirs(folder, exist_ok=True)
-    with Deferred():
-        paths = write_charts(doc, folder, os.cpu_count() or 1)
-        paths.append(write_report(doc, paths, folder))
+    folder = args.out if args.out is not None else _folder_of(args.results)
+    outputs.check_folder(folder)
+    with outputs.locked(folder):
+        with Deferred():
+            paths = write_charts(doc, folder, os.cpu_count() or 1)
+            paths.append(write_report(doc, paths, folder))
     sys.stdout.write("".join(p + "\n" for p in paths))
     return 0
 
@@ -318,10 +431,20 @@ def _folder_of(path: str) -> str:
 def cmd_compare(args: argparse.Namespace) -> int:
     from bench import stats
 
+    if not args.kvm_stat:
+        ignored = [o for o, v in (("-w", args.workload), ("--seed", args.seed),
+                                  ("--ghz", args.ghz)) if v is not None]
+        if ignored:
+            raise BenchError(f"compare: {', '.join(ignored)} only apply with --kvm-stat (the "
+                             f"comparison covers every workload and seed); add --kvm-stat or "
+                             f"drop them")
     doc = results.load(args.results)
     if args.kvm_stat:
         return _kvm_stat(doc, args)
-    sys.stdout.write(stats.compare_text(doc, args.policy))
+    if args.json:
+        sys.stdout.write(results.dumps(stats.compare_json(doc, args.policy)))
+    else:
+        sys.stdout.write(stats.compare_text(doc, args.policy))
     return 0
 
 
@@ -332,11 +455,15 @@ def cmd_stat(args: argparse.Namespace) -> int:
 def _kvm_stat(doc: dict[str, Any], args: argparse.Namespace) -> int:
     from bench import stats
 
-    if not args.ghz > 0:
-        raise BenchError(f"--ghz must be above 0, got {args.ghz}")
+    ghz = GHZ_DEFAULT if args.ghz is None else args.ghz
+    if not 0 < ghz < 1000:
+        raise BenchError(f"--ghz must be above 0 and below 1000, got {ghz}")
     profile = results.profile_of(doc)
     chosen = stats.select(doc["records"], args.policy, args.workload, args.seed)
-    sys.stdout.write("\n".join(stats.kvm_stat_text(r, profile, args.ghz) for r in chosen))
+    if args.json:
+        sys.stdout.write(results.dumps([stats.kvm_stat_rows(r, profile, ghz) for r in chosen]))
+    else:
+        sys.stdout.write("\n".join(stats.kvm_stat_text(r, profile, ghz) for r in chosen))
     return 0
 
 
@@ -345,15 +472,13 @@ def cmd_reprice(args: argparse.Namespace) -> int:
 
     profile = costs.profile(args.cost_profile)
     doc = results.load(args.results)
-    if args.out:
-        check_output_paths(args, args.out)
-    elif args.json and args.json != "-":
-        check_output_paths(args, ".")
+    check_output_paths(args, args.out)
     new = results.reprice(doc, profile)
-    with Deferred():
-        if args.out:
+    if args.out is not None:
+        with outputs.locked(args.out), Deferred():
             write_outputs(new, args.out, charts=False)
-        if args.json and args.json != "-":
+    with Deferred():
+        if args.json is not None and args.json != "-":
             results.write_json(new, args.json)
     if args.json == "-":
         sys.stdout.write(results.dumps(new))
@@ -364,103 +489,218 @@ def cmd_reprice(args: argparse.Namespace) -> int:
 
 # -- the parser --------------------------------------------------------------------------------
 def _run_options(p: argparse.ArgumentParser, out_default: str) -> None:
-    p.add_argument("-p", "--policy", action="append", metavar="POLICY[:k=v,...]",
+    p.add_argument("-p", "--policy", action="append", metavar="POLICY[:k=v,...]", type=nonempty,
                    help="a policy and its parameters (repeatable; default: every policy)")
     p.add_argument("-w", "--workload", action="append", metavar="WORKLOAD[:k=v,...]",
+                   type=nonempty,
                    help="a workload (repeatable; default: kscand, linear-scan, kmap variants)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", type=nonempty,
                    help="a workload parameter for every selected workload that takes it")
-    p.add_argument("--cost-profile", metavar="NAME",
+    p.add_argument("--cost-profile", metavar="NAME", type=nonempty,
                    help=f"cost profile to price with (default {costs.DEFAULT_PROFILE})")
-    p.add_argument("--seeds", type=positive_int, metavar="N",
-                   help=f"run seeds 0..N-1 (default {exp.DEFAULT_SEEDS})")
-    p.add_argument("--jobs", type=positive_int, metavar="N",
+    p.add_argument("--seeds", type=bounded_int(1, exp.MAX_SEEDS), metavar="N",
+                   help=f"run seeds 0..N-1 (default {exp.DEFAULT_SEEDS}, at most "
+                        f"{exp.MAX_SEEDS})")
+    p.add_argument("--jobs", type=bounded_int(1, MAX_JOBS), metavar="N",
                    help="worker processes (default: the number of CPUs)")
-    p.add_argument("--out", metavar="DIR", help=f"results folder (default {out_default})")
-    p.add_argument("--json", metavar="PATH|-",
+    p.add_argument("--out", metavar="DIR", type=nonempty,
+                   help=f"results folder (default {out_default})")
+    p.add_argument("--json", metavar="PATH|-", type=nonempty,
                    help="also write the results document to PATH (- = stdout, nothing else)")
-    p.add_argument("--quick", action="store_true", help="shrink the guests (quick=true)")
+    p.add_argument("--quick", action="store_true",
+                   help="small default sizes (quick=true; sizes given explicitly are kept)")
     p.add_argument("--force-memory", action="store_true",
                    help="run even if the memory estimate exceeds the available memory")
     p.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("--rebuild", action="store_true",
+                       help="recompute every cell, replacing the ones stored in OUT/cells")
+    cache.add_argument("--no-cache", action="store_true",
+                       help="recompute every cell and store none (OUT/cells is neither read nor "
+                            "written; an interrupted run cannot resume)")
 
 
-def create_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="python -m bench",
-                    description="Compare shadow-paging unshadow policies on simulated guests.")
+def _examples(prog: str, *lines: str) -> str:
+    return "examples:\n" + "".join(f"  {prog} {line}".rstrip() + "\n" for line in lines)
+
+
+def version_text() -> str:
+    """``--version``: the project version, the git commit of the sources (stamped at build
+    time for an installed copy) and the simulator core in use."""
+    import bench
+    from bench import _compiled
+
+    commit = results.git_commit() or "unknown"
+    return f"shadowbench {bench.__version__} (git commit {commit}; {_compiled.state()})"
+
+
+class _Version(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        sys.stdout.write(version_text() + "\n")
+        parser.exit(0)
+
+
+def create_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
+    parser = Parser(
+        prog=prog, description="Compare shadow-paging unshadow policies on simulated guests: "
+        "run policies on workloads, sweep parameters, compare, re-price and chart the results.",
+        epilog=_examples(prog, "run --quick -p flood-count -w kscand", "list",
+                         "compare results/latest", "VERB --help   (each verb's options)"))
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="print the version, git commit and simulator core, and exit")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
 
-    p = sub.add_parser("run", help="run policies on workloads (default: the standard comparison)")
+    def verb(name: str, summary: str, description: str, *examples: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=description,
+                              epilog=_examples(f"{prog} {name}", *examples))
+
+    p = verb("run", "run policies on workloads (default: the standard comparison)",
+             "Run every selected policy on every selected workload for each seed and write a "
+             "results folder (results.json, results.csv, pyperf.json, charts, report.md). "
+             "Finished cells are cached in OUT/cells: an interrupted run resumes.",
+             "", "--quick -p flood-count -p accessed-clear -w kscand",
+             "-p flood-count:variant=2.6.27 -w kmap:kernel=2.6.20,pae=false --seeds 5",
+             "--from results/latest --out /tmp/rerun")
     _run_options(p, DEFAULT_OUT)
-    p.add_argument("--from", dest="from_", metavar="RESULTS",
+    p.add_argument("--from", dest="from_", metavar="RESULTS", type=nonempty,
                    help="rerun a results file's configuration and report counter differences")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("sweep", help="run over a parameter grid")
-    p.add_argument("experiment", nargs="?", metavar="EXPERIMENT.toml",
+    p = verb("sweep", "run over a parameter grid",
+             "Run the selected policies and workloads once per combination of the grid's values "
+             "(from --grid and/or an experiment file) and chart each swept parameter.",
+             "--grid threshold=1,2,3,4,8 -p flood-count -w kscand --quick",
+             "experiments/threshold.toml --jobs 2")
+    p.add_argument("experiment", nargs="?", metavar="EXPERIMENT.toml", type=nonempty,
                    help="experiment file (policies, workloads, set, grid, seeds, cost_profile)")
-    p.add_argument("--grid", action="append", metavar="KEY=V1,V2,...",
+    p.add_argument("--grid", action="append", metavar="KEY=V1,V2,...", type=nonempty,
                    help="a policy or workload parameter and its values (repeatable; "
                         "policy.KEY / workload.KEY when both have KEY)")
     _run_options(p, DEFAULT_SWEEP_OUT)
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("list", help="policies, workloads and cost profiles with their parameters")
+    p = verb("list", "policies, workloads and cost profiles with their parameters",
+             "Every registered policy and workload with its parameters (type, default, allowed "
+             "values), every cost profile with its numbers, and the default run.",
+             "", "--json")
+    p.add_argument("--json", action="store_true", help="print it as JSON")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("plot", help="redraw the charts and report.md from a results file")
-    p.add_argument("results", metavar="RESULTS", help="results.json or its folder")
-    p.add_argument("--out", metavar="DIR", help="folder for charts/ and report.md "
-                                                "(default: the results file's folder)")
+    p = verb("plot", "redraw the charts and report.md from a results file",
+             "Draw the charts and report.md again from results.json alone (nothing simulated).",
+             "results/latest", "results/latest/results.json --out /tmp/charts")
+    p.add_argument("results", metavar="RESULTS", type=nonempty, help="results.json or its folder")
+    p.add_argument("--out", metavar="DIR", type=nonempty,
+                   help="folder for charts/ and report.md (default: the results file's folder)")
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("compare", help="policies against a baseline, paired by seed")
-    p.add_argument("results", metavar="RESULTS", help="results.json or its folder")
-    p.add_argument("-p", "--policy", metavar="BASELINE",
+    p = verb("compare", "policies against a baseline, paired by seed",
+             "Per workload, each policy's cycles relative to a baseline, paired by seed: the "
+             "geometric mean ratio with an interval the seeds support (the method is named), "
+             "and win/tie/loss counts.",
+             "results/latest", "results/latest -p flood-count --json",
+             "results/latest --kvm-stat -p always-emulate -w kscand --seed 0")
+    p.add_argument("results", metavar="RESULTS", type=nonempty, help="results.json or its folder")
+    p.add_argument("-p", "--policy", metavar="BASELINE", type=nonempty,
                    help="baseline policy (default always-emulate); with --kvm-stat: the policy")
     p.add_argument("--kvm-stat", action="store_true",
                    help="print `perf kvm stat report` tables per cell instead")
     _stat_options(p)
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("stat", help="`perf kvm stat report` tables per cell")
-    p.add_argument("results", metavar="RESULTS", help="results.json or its folder")
-    p.add_argument("-p", "--policy", metavar="POLICY", help="only this policy")
+    p = verb("stat", "`perf kvm stat report` tables per cell",
+             "A `perf kvm stat report` table (exit reasons, samples, time shares, min/max/avg "
+             "handling time) for each selected cell of a results file.",
+             "results/latest -p flood-count -w kscand --seed 0", "results/latest --json")
+    p.add_argument("results", metavar="RESULTS", type=nonempty, help="results.json or its folder")
+    p.add_argument("-p", "--policy", metavar="POLICY", type=nonempty, help="only this policy")
     _stat_options(p)
     p.set_defaults(func=cmd_stat)
 
-    p = sub.add_parser("reprice", help="price stored results under another cost profile")
-    p.add_argument("results", metavar="RESULTS", help="results.json or its folder")
-    p.add_argument("--cost-profile", required=True, metavar="NAME", help="the new cost profile")
-    p.add_argument("--out", metavar="DIR", help="write the re-priced results folder here")
-    p.add_argument("--json", metavar="PATH|-", help="write the re-priced document (- = stdout)")
+    p = verb("reprice", "price stored results under another cost profile",
+             "Price a results file's counters under another cost profile, without simulating.",
+             "results/default --cost-profile skylake-2015 --out results/skylake",
+             "results/latest --cost-profile nehalem-2009 --json -")
+    p.add_argument("results", metavar="RESULTS", type=nonempty, help="results.json or its folder")
+    p.add_argument("--cost-profile", required=True, metavar="NAME", type=nonempty,
+                   help="the new cost profile")
+    p.add_argument("--out", metavar="DIR", type=nonempty,
+                   help="write the re-priced results folder here")
+    p.add_argument("--json", metavar="PATH|-", type=nonempty,
+                   help="write the re-priced document (- = stdout)")
     p.set_defaults(func=cmd_reprice)
     return parser
 
 
 def _stat_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-w", "--workload", metavar="WORKLOAD", help="only this workload (label or name)")
-    p.add_argument("--seed", type=int, metavar="N", help="only this seed")
-    p.add_argument("--ghz", type=float, default=3.0,
-                   help="clock to turn cycles into microseconds (default 3.0)")
+    p.add_argument("-w", "--workload", metavar="WORKLOAD", type=nonempty,
+                   help="only this workload (label or name)")
+    p.add_argument("--seed", type=bounded_int(0, 2**31), metavar="N", help="only this seed")
+    p.add_argument("--ghz", type=finite_float,
+                   help=f"clock to turn cycles into microseconds (default {GHZ_DEFAULT})")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+
+
+def _program() -> str:
+    return "shadowbench" if os.path.basename(sys.argv[0] or "") == "shadowbench" else (
+        "python -m bench")
+
+
+def _quiet_stdout() -> None:
+    """After stdout failed (a closed pipe, a full disk): send what is left to /dev/null, so the
+    interpreter's final flush does not print a second error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+_fork_guard = False
+
+
+def install_fork_guard() -> None:
+    """Every process this one forks (cell workers, chart workers) dies with it, even when it is
+    SIGKILLed (bench.runner.die_with_forking_parent in each child); once per process."""
+    global _fork_guard
+    if not _fork_guard and hasattr(os, "register_at_fork"):
+        from bench.runner import die_with_forking_parent, note_forking_parent
+
+        os.register_at_fork(before=note_forking_parent, after_in_child=die_with_forking_parent)
+        _fork_guard = True
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    install_fork_guard()
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = create_parser()
-    args = parser.parse_args(argv)
-    if args.verb is None:
-        parser.print_help(sys.stderr)
-        return 2
-    args.argv = argv
     try:
-        return args.func(args)
+        parser = create_parser(_program())
+        args = parser.parse_args(argv)
+        if args.verb is None:
+            parser.print_help(sys.stderr)
+            return 2
+        args.argv = argv
+        status = args.func(args)
+        sys.stdout.flush()
+        return status
     except BenchError as err:
         message = " ".join(str(err).split())
         sys.stderr.write(f"bench: error: {message}\n")
         return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("bench: interrupted by SIGINT; nothing was simulated or written\n")
+        return 128 + signal.SIGINT
     except BrokenPipeError:
+        _quiet_stdout()
         return 1
+    except OSError as err:
+        if err.filename is None:
+            _quiet_stdout()
+        where = err.filename if err.filename is not None else "stdout"
+        sys.stderr.write(f"bench: error: cannot write {where}: {err.strerror or err}\n")
+        return 2
 
 
 if __name__ == "__main__":

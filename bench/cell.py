@@ -36,6 +36,9 @@ from bench.registry import make_policy, make_workload
 from bench.workload import GuestRun
 
 PolicySpec = str | tuple[str, dict[str, Any]]
+NATIVE_RUN_NOTE = "shadowbench: raised during the native run of the guest"
+"""The note (PEP 678) on an exception raised while the shared native run executes: the workload
+or the simulator raised, not a policy (bench.runner names the cell from it)."""
 
 
 @dataclass
@@ -118,8 +121,12 @@ def run_cells(policy_specs: Sequence[PolicySpec], workload: str, params: dict[st
     initial = run.guest.mem.copy()
     native = (oracle.Recorder if need_trace else NativeMachine)(run.guest.mem, mode, cr3s)
     with OpRecording() as recording:
-        native.run(recording.tee(run.ops, run.guest.mem))
-        trace = native.finish() if need_trace else None
+        try:
+            native.run(recording.tee(run.ops, run.guest.mem))
+            trace = native.finish() if need_trace else None
+        except Exception as err:
+            err.add_note(NATIVE_RUN_NOTE)
+            raise
         if record_oracle:
             yield -1, oracle.compact(trace)
         for i, policy in enumerate(policies):

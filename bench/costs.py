@@ -2,7 +2,8 @@
 
 Pricing is separate from simulating: a run's counters (bench.machine.counters) are priced here,
 so a stored run is re-priced under another profile without simulating again. Every number names
-where it comes from (../shared/docs/costs.md); numbers no publication gives are marked
+where it comes from (docs/costs.md, which gathers the published numbers with their
+references); numbers no publication gives are marked
 ``estimate`` with the reasoning. An exit costs the VM exit + entry round trip plus the
 hypervisor's handler work for its cause; some causes add per-event work (zapping and creating
 shadow pages, resynchronising gptes, extra emulation inside an exit, 2-D walk references).
@@ -15,6 +16,9 @@ from dataclasses import asdict, dataclass, field
 from bench.errors import unknown_name
 
 PROFILE_VERSION = 1
+MAX_EVENT_CYCLES = 10**9
+"""The most cycles one event may cost in a profile (a second of a GHz CPU): a bound that keeps
+a mistyped or crafted number from overflowing the prices."""
 
 CAUSES: tuple[str, ...] = (
     "emulated_pte_writes",
@@ -109,9 +113,9 @@ class CostProfile:
         }
 
 
-_AA06 = "Adams & Agesen, ASPLOS 2006, Pentium 4 VT-x table (second-hand quotes; costs.md 3)"
-_VMLAT = "yulyugin/vmlatency results (costs.md 1)"
-_HANSEN = "Dave Hansen, linux-mm 2015-06 (costs.md 4)"
+_AA06 = "Adams & Agesen, ASPLOS 2006, Pentium 4 VT-x table (second-hand quotes; docs/costs.md 3)"
+_VMLAT = "yulyugin/vmlatency results (docs/costs.md 1)"
+_HANSEN = "Dave Hansen, linux-mm 2015-06 (docs/costs.md 4)"
 
 P4 = CostProfile(
     name="p4-vtx-2006", cpu="Pentium 4 (Prescott), first-generation VT-x",
@@ -128,8 +132,8 @@ P4 = CostProfile(
         "hidden_fault": "estimate: the same guest walk as guest_fault, installing an spte instead",
         "ptwrite_unshadow": "estimate: a fault's walk plus unprotect (zaps priced apiece)",
         "ptwrite_unsync": "estimate: as ptwrite_unshadow",
-        "invlpg_exit": "estimate: handler work within costs.md 3's 500-4000 range",
-        "cr3_exit": "estimate: root switch and hash lookups, within costs.md 3's range",
+        "invlpg_exit": "estimate: handler work within docs/costs.md 3's 500-4000 range",
+        "cr3_exit": "estimate: root switch and hash lookups, within docs/costs.md 3's range",
         "extra_emulation": "estimate: decode and emulate one instruction without an exit; "
                            "every instruction a batch emulates, page-table write or not "
                            "(Xen's shadow_em_ex_pt and shadow_em_ex_non_pt)",
@@ -160,15 +164,15 @@ PENRYN = CostProfile(
         "hidden_fault": "estimate: KVM walk_addr + fetch + mmu_set_spte in software",
         "ptwrite_emulate": "estimate: walk + x86_emulate decode/execute + kvm_mmu_pte_write",
         "ptwrite_unshadow": "estimate", "ptwrite_unsync": "estimate", "guest_fault": "estimate",
-        "invlpg_exit": "estimate (costs.md 3: RT + 500-4000)",
-        "cr3_exit": "estimate (costs.md 3: RT + 500-4000)",
+        "invlpg_exit": "estimate (docs/costs.md 3: RT + 500-4000)",
+        "cr3_exit": "estimate (docs/costs.md 3: RT + 500-4000)",
         "extra_emulation": "estimate: decode and emulate one instruction inside an exit, "
                            "page-table write or not (Xen's shadow_em_ex_pt, shadow_em_ex_non_pt)",
         "shadow_page_create": "estimate",
         "shadow_page_zap": "estimate", "resync_page": "estimate", "resync_gpte": "estimate",
         "tdp_walk_ref": "hypothetical estimate: Penryn has no EPT (Nehalem, 2008-11, was first); "
                         "priced as if it had, at a page-walk reference mostly hitting its caches",
-        "native_locked_rmw": "estimate: ~18-25 cycles on Intel Core (costs.md 4)",
+        "native_locked_rmw": "estimate: ~18-25 cycles on Intel Core (docs/costs.md 4)",
         "native_invlpg": f"estimate near Westmere's 232 ({_HANSEN})",
         "native_cr3": f"estimate near Westmere's 108 ({_HANSEN})",
         "native_page_fault": "estimate",
@@ -200,7 +204,7 @@ NEHALEM = CostProfile(
                         "takes up to 24 references against 4 (Gandhi et al., MICRO 2014)",
         "native_invlpg": f"Westmere Xeon 232 ({_HANSEN})",
         "native_cr3": f"Westmere 108 ({_HANSEN})",
-        "native_locked_rmw": "estimate (costs.md 4)", "native_page_fault": "estimate",
+        "native_locked_rmw": "estimate (docs/costs.md 4)", "native_page_fault": "estimate",
     },
     estimates=("hidden_fault", "ptwrite_emulate", "ptwrite_unshadow", "ptwrite_unsync",
                "guest_fault", "invlpg_exit", "cr3_exit", "extra_emulation",
@@ -218,8 +222,8 @@ MODERN = CostProfile(
     sources={
         "exit_roundtrip": f"measured: i7-6700K ~608-632 TSC ticks ({_VMLAT})",
         "cr3_exit": "derived: 5006 cycles per shadow-MMU context-reset exit (Paolo Bonzini, "
-                    "2022-02-17, CPU not named; costs.md 2) minus the round trip",
-        "hidden_fault": "estimate: KVM adds ~400-900 cycles to a bare exit (costs.md 2); a shadow "
+                    "2022-02-17, CPU not named; docs/costs.md 2) minus the round trip",
+        "hidden_fault": "estimate: KVM adds ~400-900 cycles to a bare exit (docs/costs.md 2); a shadow "
                         "fault walks the guest tables and sets an spte on top",
         "ptwrite_emulate": "estimate: hidden_fault plus the emulator",
         "ptwrite_unshadow": "estimate", "ptwrite_unsync": "estimate", "guest_fault": "estimate",
@@ -229,7 +233,7 @@ MODERN = CostProfile(
         "tdp_walk_ref": "estimate (see nehalem-2009)",
         "native_invlpg": f"Haswell Xeon 216 ({_HANSEN})",
         "native_cr3": f"Haswell 124 ({_HANSEN})",
-        "native_locked_rmw": "estimate (costs.md 4)", "native_page_fault": "estimate",
+        "native_locked_rmw": "estimate (docs/costs.md 4)", "native_page_fault": "estimate",
     },
     estimates=("hidden_fault", "ptwrite_emulate", "ptwrite_unshadow", "ptwrite_unsync",
                "guest_fault", "invlpg_exit", "extra_emulation", "shadow_page_create",
@@ -243,8 +247,14 @@ DEFAULT_PROFILE = PENRYN.name
 
 
 def profile(name: str) -> CostProfile:
+    """A built-in profile by name, or the profile a TOML file describes (``NAME.toml``,
+    bench.cost_file)."""
+    from bench import cost_file
+
+    if cost_file.is_profile_file(name):
+        return cost_file.load(name)
     if name not in PROFILES:
-        raise unknown_name("cost profile", name, PROFILES)
+        raise unknown_name("cost profile (or a PATH.toml file)", name, PROFILES)
     return PROFILES[name]
 
 
@@ -253,3 +263,15 @@ def profile_from_dict(data: dict) -> CostProfile:
     fields = dict(data)
     fields["estimates"] = tuple(fields.get("estimates", ()))
     return CostProfile(**fields)
+
+
+def profile_problem(name: str) -> str | None:
+    """Param check for a policy's ``cost_profile``: None for a built-in profile's name or a
+    valid profile file, else what is wrong."""
+    from bench.errors import BenchError
+
+    try:
+        profile(name)
+    except BenchError as err:
+        return str(err)
+    return None

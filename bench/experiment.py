@@ -24,6 +24,10 @@ from bench.errors import BenchError, unknown_name
 from bench.params import parse_assignment, parse_spec
 
 DEFAULT_SEEDS = 3
+MAX_SEEDS = 10000
+"""The most seeds a run may have (each seed is a guest run per workload entry)."""
+MAX_CELLS = 1_000_000
+"""The most cells an experiment may have (policies x workload entries x seeds)."""
 KMAP_KERNELS = ("rhel3", "rhel3-debug", "2.6.20")
 DEFAULT_WORKLOADS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("kscand", {}),
@@ -49,6 +53,10 @@ class Entry:
         return {"name": self.name, "params": self.params, "label": self.label}
 
 
+CELL_SCHEMA = 2
+"""The version of a stored cell's layout (OUT/cells/<digest>.json); part of every key."""
+
+
 @dataclass
 class Cell:
     """One simulation: a policy on a workload entry with one seed (policy None: the oracle's
@@ -57,16 +65,41 @@ class Cell:
     policy: Entry | None
     workload: Entry
     seed: int
+    _key: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def key(self) -> dict[str, Any]:
-        """Everything that determines the cell's result."""
-        out: dict[str, Any] = {"version": bench.__version__}
+        """Everything that determines the cell's result: names, parameters and seed, the schema
+        and project versions, the digest of the code that runs, the contents of the input files
+        the parameters name, and the numbers of a cost profile the policy decides by
+        (bench.fingerprint). Computed once per Cell object."""
+        if self._key is None:
+            self._key = self._make_key()
+        return self._key
+
+    def _make_key(self) -> dict[str, Any]:
+        from bench import fingerprint
+
+        out: dict[str, Any] = {"schema": CELL_SCHEMA, "version": bench.__version__}
+        wcls = registry.workload_class(self.workload.name)
+        code = [fingerprint.class_digest(wcls)]
+        inputs = {"workload": fingerprint.input_digests(
+            f"workload {self.workload.name}", wcls.params, self.workload.params)}
         if self.policy is None:
             out["kind"] = "oracle"
         else:
+            pcls = registry.policy_class(self.policy.name)
+            code.append(fingerprint.class_digest(pcls))
+            inputs["policy"] = fingerprint.input_digests(
+                f"policy {self.policy.name}", pcls.params, self.policy.params)
             out.update(kind="cell", policy=self.policy.name, policy_params=self.policy.params)
+            profile_name = self.policy.params.get(PROFILE_PARAM)
+            if PROFILE_PARAM in pcls.params and isinstance(profile_name, str):
+                numbers = costs.profile(profile_name).as_dict()
+                out["policy_cost_numbers"] = {k: v for k, v in numbers.items()
+                                              if k not in ("sources", "cpu")}
         out.update(workload=self.workload.name, workload_params=self.workload.params,
-                   seed=self.seed)
+                   seed=self.seed, code=sorted(set(code)),
+                   inputs={k: v for k, v in inputs.items() if v})
         return out
 
     def digest(self) -> str:
@@ -112,10 +145,12 @@ def label(name: str, params: dict[str, Any], shown: set[str]) -> str:
     return name + ("[" + ",".join(f"{k}={_fmt(params[k])}" for k in keys) + "]" if keys else "")
 
 
-def _label_entries(entries: list[Entry], schema_of, hidden: set[str], run_profile: str) -> None:
+def _label_entries(entries: list[Entry], schema_of, hidden: set[str], run_profile: str,
+                   defaults_of=None) -> None:
     """Label each entry by its non-default parameters plus those that vary between entries of
     the same name; ``hidden`` keys are left out unless they vary; a policy's cost_profile equal
-    to the run's is left out."""
+    to the run's is left out. ``defaults_of(name, params)`` gives the defaults an entry is
+    compared with (a quick workload's: its quick sizes), else the schema's."""
     by_name: dict[str, list[Entry]] = {}
     for e in entries:
         by_name.setdefault(e.name, []).append(e)
@@ -124,12 +159,14 @@ def _label_entries(entries: list[Entry], schema_of, hidden: set[str], run_profil
         varying = {k for k in schema if len({json.dumps(e.params.get(k)) for e in group}) > 1}
         for e in group:
             shown = set(varying)
+            defaults = defaults_of(name, e.params) if defaults_of else {
+                k: p.default for k, p in schema.items()}
             for k, p in schema.items():
                 if k in hidden or k in varying:
                     continue
                 if k == PROFILE_PARAM and e.params.get(k) == run_profile:
                     continue
-                if e.params.get(k) != p.default:
+                if e.params.get(k) != defaults[k]:
                     shown.add(k)
             e.label = label(name, e.params, shown)
         seen: dict[str, Entry] = {}
@@ -177,7 +214,7 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     """``KEY=V1,V2,...`` items -> {KEY: [V1, V2, ...]}."""
     grid: dict[str, list[str]] = {}
     for item in items:
-        key, value = parse_assignment(item)
+        key, value = parse_assignment(item, "--grid")
         values = [v.strip() for v in value.split(",")]
         if not all(values):
             raise BenchError(f"malformed --grid {item!r} (expected KEY=V1,V2,...)")
@@ -197,8 +234,8 @@ def build(policy_specs: list[str] | None = None, workload_specs: list[str] | Non
     workload that takes KEY (an error if none does); ``set_values`` the same, already split
     (from TOML). A parameter given in a ``-w NAME:k=v`` spec wins over ``--set``."""
     costs.profile(cost_profile)
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
-        raise BenchError(f"seeds must be a whole number >= 1, got {seeds!r}")
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or not 1 <= seeds <= MAX_SEEDS:
+        raise BenchError(f"seeds must be a whole number from 1 to {MAX_SEEDS}, got {seeds!r}")
     policy_given = [parse_spec(s) for s in policy_specs] if policy_specs else [
         (name, {}) for name in registry.policies()]
     workload_given = [parse_spec(s) for s in workload_specs] if workload_specs else [
@@ -209,8 +246,12 @@ def build(policy_specs: list[str] | None = None, workload_specs: list[str] | Non
         registry.workload_class(name)
 
     assignments: dict[str, Any] = dict(set_values or {})
+    given_sets: set[str] = set()
     for text in sets or ():
         key, value = parse_assignment(text)
+        if key in given_sets:
+            raise BenchError(f"--set {key} given twice")
+        given_sets.add(key)
         assignments[key] = value
     names = sorted({n for n, _ in workload_given})
     for key in assignments:
@@ -221,9 +262,13 @@ def build(policy_specs: list[str] | None = None, workload_specs: list[str] | Non
     for name, given in workload_given:
         schema = registry.workload_class(name).params
         full = {k: v for k, v in assignments.items() if k in schema}
-        if quick and "quick" in schema:
-            full["quick"] = True
         full.update(given)
+        if quick and "quick" in schema:
+            if "quick" in full and not schema["quick"].parse(f"workload {name}", "quick",
+                                                             full["quick"]):
+                raise BenchError(f"--quick contradicts workload {name} parameter "
+                                 f"quick={full['quick']}; drop one of them")
+            full["quick"] = True
         merged.append((name, full))
 
     targets = {}
@@ -246,10 +291,26 @@ def build(policy_specs: list[str] | None = None, workload_specs: list[str] | Non
     workloads = _dedupe([Entry(n, registry.workload_params(n, g))
                          for n, g in expand(merged, "workload")])
     _label_entries(policies, lambda n: registry.policy_class(n).params, set(), cost_profile)
-    _label_entries(workloads, lambda n: registry.workload_class(n).params, {"quick"}, cost_profile)
+    _label_entries(workloads, lambda n: registry.workload_class(n).params, set(), cost_profile,
+                   _workload_defaults)
     canon = {k: [v for v in vals] for k, vals in (grid or {}).items()}
+    cells = len(policies) * len(workloads) * seeds
+    if cells > MAX_CELLS:
+        raise BenchError(f"the experiment has {cells:,} cells ({len(policies)} policies x "
+                         f"{len(workloads)} workload entries x {seeds} seeds), more than the "
+                         f"{MAX_CELLS:,} allowed; fewer seeds or a smaller grid")
     return Experiment(policies, workloads, list(range(seeds)), cost_profile,
                       {f"{sc}.{bare}": canon[key] for key, (sc, bare) in targets.items()})
+
+
+def _workload_defaults(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The values a workload entry's parameters take when not given: the schema's defaults, or
+    with quick=true the quick sizes (bench.workload.resolve_params)."""
+    if params.get("quick") is not True:
+        return registry.workload_params(name, {})
+    defaults = registry.workload_params(name, {"quick": True})
+    defaults["quick"] = registry.workload_class(name).params["quick"].default  # quick is shown
+    return defaults
 
 
 def _dedupe(entries: list[Entry]) -> list[Entry]:
@@ -272,10 +333,14 @@ def from_dict(data: dict[str, Any]) -> Experiment:
         grid = dict(data.get("grid") or {})
     except (KeyError, TypeError, ValueError) as err:
         raise BenchError(f"results file has a malformed experiment section ({err})") from None
+    costs.profile(profile_name)  # a recorded profile this version does not know: now, not later
+    if not 1 <= len(seeds) <= MAX_SEEDS or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise BenchError(f"results file has a malformed seed list ({len(seeds)} seeds)")
     policies = [Entry(n, registry.policy_params(n, dict(p))) for n, p in pol]
     workloads = [Entry(n, registry.workload_params(n, dict(p))) for n, p in wl]
     _label_entries(policies, lambda n: registry.policy_class(n).params, set(), profile_name)
-    _label_entries(workloads, lambda n: registry.workload_class(n).params, {"quick"}, profile_name)
+    _label_entries(workloads, lambda n: registry.workload_class(n).params, set(), profile_name,
+                   _workload_defaults)
     return Experiment(policies, workloads, seeds, profile_name, grid)
 
 

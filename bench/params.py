@@ -14,7 +14,9 @@ class Param:
     """One parameter: its type, default, allowed values and a one-line help.
 
     ``kind`` is bool, int, float or str; ``choices`` restricts a str; ``minimum``/``maximum``
-    bound a number; ``check`` is an extra rule returning an error text (or None).
+    bound a number; ``check`` is an extra rule returning an error text (or None);
+    ``input_file`` returns the path of the input file a value names (or None): the file's
+    contents then enter the cell cache's key (bench.fingerprint).
     """
 
     kind: type
@@ -24,6 +26,7 @@ class Param:
     minimum: float | None = None
     maximum: float | None = None
     check: Callable[[Any], str | None] | None = None
+    input_file: Callable[[Any], str | None] | None = None
 
     def describe(self) -> str:
         allowed = ""
@@ -52,9 +55,14 @@ class Param:
             if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
                 raise BenchError(f"{where}={raw!r} is not an integer")
             try:
-                value = int(raw) if not isinstance(raw, str) else int(raw, 0)
+                if not isinstance(raw, str):
+                    value = int(raw)
+                else:
+                    text = raw.strip().replace("_", "")
+                    digits = text.lstrip("+-")
+                    value = int(text, 10) if digits.isdigit() else int(text, 0)
             except ValueError:
-                raise BenchError(f"{where}={raw!r} is not an integer") from None
+                raise BenchError(f"{where}={raw!r} is not an integer (decimal or 0x-hex)") from None
         elif self.kind is float:
             try:
                 value = float(raw)
@@ -102,13 +110,16 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
             key, eq, value = item.partition("=")
             if not eq or not key.strip():
                 raise BenchError(f"malformed parameter {item!r} in {spec!r} (expected key=value)")
+            if key.strip() in pairs:
+                raise BenchError(f"parameter {key.strip()!r} given twice in {spec!r}")
             pairs[key.strip()] = value.strip()
     return name, pairs
 
 
-def parse_assignment(text: str) -> tuple[str, str]:
-    """``KEY=VALUE`` (from ``--set``) -> (KEY, VALUE)."""
+def parse_assignment(text: str, option: str = "--set") -> tuple[str, str]:
+    """``KEY=VALUE`` (from ``--set``, or the ``option`` named) -> (KEY, VALUE)."""
     key, eq, value = text.partition("=")
     if not eq or not key.strip():
-        raise BenchError(f"malformed --set {text!r} (expected KEY=VALUE)")
+        expected = "KEY=V1,V2,..." if option == "--grid" else "KEY=VALUE"
+        raise BenchError(f"malformed {option} {text!r} (expected {expected})")
     return key.strip(), value.strip()

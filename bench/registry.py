@@ -18,7 +18,7 @@ from typing import Any
 from bench.errors import BenchError, unknown_name
 from bench.params import parse_spec, resolve
 from bench.policy import Policy
-from bench.workload import Workload
+from bench.workload import Workload, resolve_params
 
 POLICY_GROUP = "shadowbench.policies"
 WORKLOAD_GROUP = "shadowbench.workloads"
@@ -81,7 +81,9 @@ def policy_params(name: str, given: dict[str, Any]) -> dict[str, Any]:
 
 
 def workload_params(name: str, given: dict[str, Any]) -> dict[str, Any]:
-    return resolve(f"workload {name}", workload_class(name).params, given)
+    """The full, validated parameter set of a workload (defaults filled in; with quick=true,
+    the quick sizes of the parameters not given: bench.workload.resolve_params)."""
+    return resolve_params(workload_class(name), given)
 
 
 def make_policy(spec: str | tuple[str, dict[str, Any]]) -> Policy:

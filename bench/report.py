@@ -17,8 +17,11 @@ def report_text(doc: dict[str, Any], charts: list[str], folder: str) -> str:
     vol = meta.get("volatile", {})
     lines = ["# shadowbench results", ""]
     if not doc["complete"]:
+        failed = any(n.startswith("stopped because a cell raised") for n in meta.get("notes", []))
+        then = ("A cell raised (see the note below and failure.txt); fix it, then rerun the "
+                "same command to resume." if failed else "Rerun the same command to resume.")
         lines += [f"**Partial run: {meta['cells_done']} of {meta['cells_expected']} cells "
-                  "finished. Rerun the same command to resume.**", ""]
+                  f"finished. {then}**", ""]
     lines += [
         f"- project version {meta['project_version']}, git commit {meta.get('git_commit') or 'none'}",
         f"- cost profile `{profile['name']}`: {profile['cpu']}"

@@ -33,11 +33,27 @@ from bench.machine.counters import ALL_COUNTERS, exits_by_reason
 SCHEMA_VERSION = 1
 KIND = "shadowbench-results"
 RESULTS_JSON, RESULTS_CSV, PYPERF_JSON = "results.json", "results.csv", "pyperf.json"
+PASSES_CSV = "passes.csv"
+PYPERF_GHZ = 3.0
+"""The clock pyperf's run durations are given at: a run's ``duration`` is its simulated cycles
+at this clock (pyperf otherwise takes the values, cycles, for seconds)."""
 
 
 # -- provenance --------------------------------------------------------------------------------
+BUILD_INFO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_build_info.json")
+"""Written by setup.py into an installed copy: the git commit it was built from."""
+
+
 def git_commit() -> str | None:
-    """The project's git commit (with ``-dirty`` when the tree has changes), or None."""
+    """The project's git commit (with ``-dirty`` when the tree has changes), or None: for an
+    installed copy, the commit stamped at build time (BUILD_INFO); else the checkout's."""
+    try:
+        with open(BUILD_INFO, encoding="utf-8") as handle:
+            stamped = json.load(handle).get("git_commit")
+        if isinstance(stamped, str) and stamped:
+            return stamped
+    except (OSError, ValueError, AttributeError):
+        pass
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
@@ -197,10 +213,18 @@ _RECORD_FIELDS: dict[str, tuple[type, ...]] = {
 }
 
 
+MAX_COUNT = 2**63 - 1
+"""The largest count or cycle number a results file may hold (a 64-bit counter): anything
+beyond is a crafted or corrupt file, refused before a chart or a price overflows."""
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
+
+
 def _int_map(value: Any) -> bool:
-    return isinstance(value, dict) and all(
-        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
-        for k, v in value.items())
+    return isinstance(value, dict) and all(isinstance(k, str) and _count(v)
+                                           for k, v in value.items())
 
 
 def validate(doc: Any, where: str) -> dict[str, Any]:
@@ -246,9 +270,15 @@ def validate(doc: Any, where: str) -> dict[str, Any]:
             if key not in record or not isinstance(value, kinds) or (
                     isinstance(value, bool) and bool not in kinds):
                 raise bad(f"record {i}: {key} missing or of the wrong type")
+            if isinstance(value, int) and not isinstance(value, bool) and key != "seed" and (
+                    not _count(value)):
+                raise bad(f"record {i}: {key} {value} is out of range (0 to 2^63-1)")
+            if isinstance(value, float) and not (0 <= value < 1e300):
+                raise bad(f"record {i}: {key} {value} is out of range")
         for key in ("counters", "exits_by_reason", "cycles_by_cause", "sizes"):
             if not _int_map(record[key]):
-                raise bad(f"record {i}: {key} must map names to whole numbers")
+                raise bad(f"record {i}: {key} must map names to whole numbers from 0 to "
+                          f"2^63-1")
         for mark in record["marks"]:
             if not (isinstance(mark, dict) and isinstance(mark.get("phase"), int)
                     and _int_map(mark.get("counters"))):
@@ -269,7 +299,8 @@ def _profile_problem(data: dict[str, Any]) -> str | None:
         elif f.name == "estimates":
             ok = isinstance(value, list)
         else:
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            ok = isinstance(value, int) and not isinstance(value, bool) and (
+                0 <= value <= costs.MAX_EVENT_CYCLES)
         if not ok:
             return f"{f.name} missing or of the wrong type"
     unknown = set(data) - {f.name for f in dataclasses.fields(costs.CostProfile)}
@@ -319,9 +350,11 @@ def csv_text(doc: dict[str, Any]) -> str:
     sizes = sorted({k for r in records for k in r["sizes"]})
     pparams = sorted({k for r in records for k in r["policy_params"]})
     wparams = sorted({k for r in records for k in r["workload_params"]})
+    provenance = _provenance(doc)
     head = ["workload", "workload_label", "policy", "policy_label", "seed", "guest_ops",
             "native_cycles", "virtualization_cycles", "cycles", "overhead", "opt_ratio"]
-    columns = (head + [f"counter.{c}" for c in counters + extra_counters]
+    columns = (list(provenance) + ["cell"] + head
+               + [f"counter.{c}" for c in counters + extra_counters]
                + [f"exits.{r}" for r in reasons] + [f"cycles.{c}" for c in causes]
                + [f"size.{s}" for s in sizes] + [f"policy_param.{p}" for p in pparams]
                + [f"workload_param.{w}" for w in wparams])
@@ -329,7 +362,8 @@ def csv_text(doc: dict[str, Any]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     for r in records:
-        row = [r[k] if r[k] is not None else "" for k in head]
+        row = list(provenance.values()) + [r["cell"]]
+        row += [r[k] if r[k] is not None else "" for k in head]
         row += [r["counters"].get(c, "") for c in counters + extra_counters]
         row += [r["exits_by_reason"].get(x, 0) for x in reasons]
         row += [r["cycles_by_cause"].get(c, "") for c in causes]
@@ -337,6 +371,32 @@ def csv_text(doc: dict[str, Any]) -> str:
         row += [_cell_text(r["policy_params"], p) for p in pparams]
         row += [_cell_text(r["workload_params"], w) for w in wparams]
         writer.writerow(row)
+    return out.getvalue()
+
+
+def _provenance(doc: dict[str, Any]) -> dict[str, str]:
+    """The columns every CSV row starts with: where the numbers come from."""
+    meta = doc["meta"]
+    return {"project_version": meta["project_version"],
+            "git_commit": meta.get("git_commit") or "",
+            "cost_profile": meta["cost_profile"]["name"],
+            "complete": "true" if doc["complete"] else "false"}
+
+
+def passes_csv_text(doc: dict[str, Any]) -> str:
+    """Long format, one row per (record, MARK phase, counter): the counters at the end of each
+    pass (zeros left out, as in ``marks``), cumulative from the start of the run."""
+    provenance = _provenance(doc)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(list(provenance) + ["cell", "workload_label", "policy_label", "seed",
+                                        "phase", "counter", "value"])
+    for r in doc["records"]:
+        for mark in r["marks"]:
+            for counter, value in sorted(mark["counters"].items()):
+                writer.writerow(list(provenance.values()) + [
+                    r["cell"], r["workload_label"], r["policy_label"], r["seed"],
+                    mark["phase"], counter, value])
     return out.getvalue()
 
 
@@ -365,7 +425,10 @@ def pyperf_suite(doc: dict[str, Any]):
             runs.append(pyperf.Run([r["cycles"]], collect_metadata=False, metadata={
                 "name": name, "unit": "integer", "description":
                     f"simulated cycles, cost profile {profile}",
-                "shadowbench_version": doc["meta"]["project_version"]}))
+                "duration": r["cycles"] / (PYPERF_GHZ * 1e9),
+                "shadowbench_version": doc["meta"]["project_version"],
+                "shadowbench_seed": r["seed"], "shadowbench_cell": r["cell"],
+                "shadowbench_cost_profile": profile}))
         if runs:
             benchmarks.append(pyperf.Benchmark(runs))
     return pyperf.BenchmarkSuite(benchmarks) if benchmarks else None
@@ -381,11 +444,14 @@ def write_pyperf(doc: dict[str, Any], path: str) -> bool:
 
 
 def write_folder(doc: dict[str, Any], folder: str) -> list[str]:
-    """results.json, results.csv and pyperf.json into ``folder``; returns the paths written."""
+    """results.json, results.csv, passes.csv and pyperf.json into ``folder``; returns the paths
+    written."""
     os.makedirs(folder, exist_ok=True)
-    paths = [os.path.join(folder, RESULTS_JSON), os.path.join(folder, RESULTS_CSV)]
+    paths = [os.path.join(folder, RESULTS_JSON), os.path.join(folder, RESULTS_CSV),
+             os.path.join(folder, PASSES_CSV)]
     write_json(doc, paths[0])
     atomic_write_text(paths[1], csv_text(doc))
+    atomic_write_text(paths[2], passes_csv_text(doc))
     ppath = os.path.join(folder, PYPERF_JSON)
     if write_pyperf(doc, ppath):
         paths.append(ppath)

@@ -3,8 +3,8 @@
 Each cell (and each oracle record) is written, as soon as it is finished, to
 ``OUT/cells/<digest>.json`` by the process that computed it (atomically: a temporary file in the
 same folder, then os.replace). A later run of the same experiment finds them there, so an
-interrupted run resumes where it stopped and a repeated run reuses them. SIGINT and SIGTERM stop
-the run: the workers are ended, the cells already finished stay, and the caller writes a partial
+interrupted run resumes where it stopped and a repeated run reuses them. SIGINT, SIGTERM and SIGHUP
+stop the run: the workers are ended, the cells already finished stay, and the caller writes a partial
 results file. Nothing here prices anything; the records are assembled by bench.results.
 """
 
@@ -13,19 +13,23 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.cell import CellResult, build_run, run_cells
+from bench.cell import NATIVE_RUN_NOTE, CellResult, build_run, run_cells
 from bench.errors import BenchError
 from bench.experiment import Cell, Experiment
 from bench.files import atomic_write_text
 from bench.recording import DEFAULT_BUDGET
+from bench.registry import make_workload
 
 CELLS_DIR = "cells"
 BYTES_PER_GUEST_PAGE = 200
@@ -38,16 +42,35 @@ BYTES_PER_WORKER = 60 << 20
 """A worker process with the simulator loaded."""
 RECORDING_BYTES = DEFAULT_BUDGET
 """A recorded operation stream held in memory (the rest spills to a temporary file)."""
+BYTES_PER_RECORD = 64 << 10
+"""Per cell, in the run's own process: its stored document, its record and the results files
+built from it (a default-run record is about 2.5 KB of JSON; Python objects take several times
+that)."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""The signals that stop a run cleanly (Ctrl-C, kill, a closed terminal): finished cells kept."""
 POLL_SECONDS = 0.5
 """How often the parent looks for cells a worker stored before its whole group finished."""
 
 
 class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived during a run."""
+    """SIGINT, SIGTERM or SIGHUP arrived during a run."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+class CellFailed(Exception):
+    """A cell raised (a policy's or workload's bug): ``message`` names the cell and the error in
+    one line, ``details`` is the traceback. Picklable, so a worker's failure reaches the parent."""
+
+    def __init__(self, message: str, details: str) -> None:
+        super().__init__(message, details)
+        self.message = message
+        self.details = details
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass
@@ -59,6 +82,7 @@ class Outcome:
     reused: int = 0
     computed: int = 0
     interrupted: Interrupted | None = None
+    failed: CellFailed | None = None
 
 
 # -- the work done in a worker -----------------------------------------------------------------
@@ -74,6 +98,8 @@ def _payload(result: CellResult) -> dict[str, Any]:
 def _store_doc(cell_key: dict[str, Any], digest: str, cells_dir: str,
                payload: dict[str, Any]) -> dict[str, Any]:
     text = json.dumps({"key": cell_key, **payload}, sort_keys=True)
+    if _orphaned():  # the run is gone: its folder may belong to another run by now
+        os._exit(1)
     atomic_write_text(os.path.join(cells_dir, digest + ".json"), text)
     return json.loads(text)  # exactly what a later run reads back from the cache
 
@@ -89,15 +115,44 @@ def compute_group(items: list[tuple[dict[str, Any], str]], cells_dir: str,
     policy_at = [i for i, (key, _) in enumerate(items) if key["kind"] != "oracle"]
     specs = [(items[i][0]["policy"], items[i][0]["policy_params"]) for i in policy_at]
     docs: list[dict[str, Any]] = [{} for _ in items]
-    for j, result in run_cells(specs, workload, params, seed, record_oracle=bool(oracle_at)):
-        targets = oracle_at if j < 0 else [policy_at[j]]
-        payload = {"oracle": result} if j < 0 else _payload(result)
-        for i in targets:
-            key, digest = items[i]
-            docs[i] = _store_doc(key, digest, cells_dir, payload)
-            if done:
-                done(i, docs[i])
+    finished = -2 if oracle_at else -1  # the last run_cells index yielded
+    try:
+        for j, result in run_cells(specs, workload, params, seed, record_oracle=bool(oracle_at)):
+            finished = j
+            targets = oracle_at if j < 0 else [policy_at[j]]
+            payload = {"oracle": result} if j < 0 else _payload(result)
+            for i in targets:
+                key, digest = items[i]
+                docs[i] = _store_doc(key, digest, cells_dir, payload)
+                if done:
+                    done(i, docs[i])
+    except (BenchError, KeyboardInterrupt, Interrupted, MemoryError, OSError):
+        raise
+    except Exception as err:
+        native = any(NATIVE_RUN_NOTE in n for n in getattr(err, "__notes__", ()))
+        nxt = finished + 1
+        failing = None if native or not 0 <= nxt < len(policy_at) else items[policy_at[nxt]][0]
+        raise CellFailed(_failure_line(failing, first, err), traceback.format_exc()) from None
     return docs
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(params.items()))
+
+
+def _failure_line(key: dict[str, Any] | None, first: dict[str, Any], err: BaseException) -> str:
+    """One line naming the cell that raised (or the guest run, when it raised natively)."""
+    where = ""
+    tb = err.__traceback__
+    while tb is not None:  # the innermost frame: where it raised
+        where = f" at {os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    run = (f"workload {first['workload']}[{_params_text(first['workload_params'])}] "
+           f"seed {first['seed']}")
+    who = (f"policy {key['policy']}[{_params_text(key['policy_params'])}] on " if key
+           else "the native run of ")
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return f"{who}{run} raised {text[:300]}{where}"
 
 
 def compute(cell_key: dict[str, Any], digest: str, cells_dir: str) -> dict[str, Any]:
@@ -105,10 +160,56 @@ def compute(cell_key: dict[str, Any], digest: str, cells_dir: str) -> dict[str, 
     return compute_group([(cell_key, digest)], cells_dir)[0]
 
 
-def _worker_init() -> None:
-    """Workers leave SIGINT to the parent (which ends them); SIGTERM ends them at once."""
+_parent: int | None = None
+"""In a worker: the pid of the run that started it (None in the run's own process)."""
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG), so a
+    killed run leaves no worker behind; elsewhere the check in ``_store_doc`` still stops it."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
+_forking_parent = 0
+
+
+def note_forking_parent() -> None:
+    """os.register_at_fork ``before`` hook: remember who is forking."""
+    global _forking_parent
+    _forking_parent = os.getpid()
+
+
+def die_with_forking_parent() -> None:
+    """os.register_at_fork ``after_in_child`` hook: die with the parent, and at once if it
+    already died before the request took effect."""
+    _die_with_parent()
+    if _forking_parent and os.getppid() != _forking_parent:
+        os._exit(1)
+
+
+def _worker_init(parent: int) -> None:
+    """Workers leave SIGINT to the parent (which ends them); SIGTERM ends them at once; they
+    die with the parent (even a SIGKILLed one) and never write a cell after it is gone."""
+    global _parent
+    _parent = parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _die_with_parent()
+    if os.getppid() != parent:  # it died before the request took effect
+        os._exit(1)
+
+
+def _orphaned() -> bool:
+    return _parent is not None and os.getppid() != _parent
 
 
 # -- the cache ---------------------------------------------------------------------------------
@@ -159,7 +260,10 @@ def estimate_memory(experiment: Experiment, jobs: int) -> tuple[int, dict[str, i
     workers = max(1, min(jobs, len(experiment.cells()) or 1))
     # a worker holds the native run's guest and a policy's (its shadow state included), the
     # initial guest to copy from, and the recorded operations (bench.cell.run_cells)
-    return workers * (2 * biggest + RECORDING_BYTES + BYTES_PER_WORKER), per_entry
+    # and the run's own process holds every record and the documents made from them
+    cells = len(experiment.cells()) + len(experiment.oracle_cells())
+    return (workers * (2 * biggest + RECORDING_BYTES + BYTES_PER_WORKER)
+            + cells * BYTES_PER_RECORD), per_entry
 
 
 def available_memory() -> int | None:
@@ -172,6 +276,13 @@ def available_memory() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def check_inputs(experiment: Experiment) -> None:
+    """Read every workload's input files through (``Workload.check_inputs``: a replay trace's
+    every operation), so a malformed one fails before anything is written."""
+    for w in experiment.workloads:
+        make_workload(w.name, w.params).check_inputs()
 
 
 def check_memory(experiment: Experiment, jobs: int, force: bool) -> dict[str, int]:
@@ -229,21 +340,34 @@ def groups_of(cells: list[Cell], jobs: int,
 
 def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
             progress: Callable[[int, int, int, str, float], None] | None = None,
-            weights: dict[str, float] | None = None) -> Outcome:
-    """Run every cell not already stored in ``out_dir`` (all of them when not ``reuse``).
+            weights: dict[str, float] | None = None, store: bool = True) -> Outcome:
+    """Run every cell not already stored in ``out_dir`` (all of them when not ``reuse``; the
+    new results then replace the stored ones). With ``store`` False nothing is read from or
+    written to ``out_dir``/cells: the cells pass through a temporary folder removed at the end
+    (an interrupted run then keeps nothing to resume from).
 
     Cells of the same guest run are computed together (``groups_of``); each is stored as soon as
     it is finished. ``progress(done, total, reused, what, fraction)`` is called after each cell;
     ``fraction`` is the share of the work to compute that is done, each cell weighted by its
-    workload entry's ``weights`` (cells of big guests take longer).
-    SIGINT/SIGTERM end the workers and return with ``interrupted`` set; the finished cells are in
+    workload entry's ``weights`` (cells of big guests take longer). ``done``, ``total`` and
+    ``reused`` (and the outcome's ``reused``/``computed``) count policy cells, the records of
+    results.json; the offline optimum's records only advance ``fraction``.
+    SIGINT/SIGTERM/SIGHUP end the workers and return with ``interrupted`` set; the finished cells are in
     the outcome and on disk.
     """
+    wanted = experiment.oracle_cells() + list(experiment.cells())
+    for cell in wanted:  # every key (input files hashed) before anything is written
+        cell.digest()
+    if not store:
+        scratch = tempfile.mkdtemp(prefix="shadowbench-cells-")
+        try:
+            return execute(experiment, scratch, jobs, False, progress, weights)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     cells_dir = os.path.join(out_dir, CELLS_DIR)
     os.makedirs(cells_dir, exist_ok=True)
     clean_temporaries(cells_dir)
     outcome = Outcome()
-    wanted = experiment.oracle_cells() + list(experiment.cells())
     todo: list[Cell] = []
     for cell in wanted:
         doc = load_cached(cells_dir, cell) if reuse else None
@@ -251,8 +375,8 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
             todo.append(cell)
         else:
             _store(outcome, cell, doc)
-            outcome.reused += 1
-    total = len(wanted)
+            outcome.reused += cell.policy is not None
+    total = sum(cell.policy is not None for cell in wanted)  # records, as results.json counts
     count = [outcome.reused]
     weight = {c.digest(): (weights or {}).get(c.workload.label, 1.0) for c in todo}
     work = [0.0, sum(weight.values()) or 1.0]
@@ -261,16 +385,17 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
         if cell.digest() in outcome.cells or cell.digest() in outcome.oracles:
             return
         _store(outcome, cell, doc)
-        outcome.computed += 1
-        count[0] += 1
         work[0] += weight.get(cell.digest(), 0.0)
+        if cell.policy is not None:
+            outcome.computed += 1
+            count[0] += 1
         if progress:
             progress(count[0], total, outcome.reused, _what(cell), work[0] / work[1])
 
     if progress:
         progress(count[0], total, outcome.reused, "", 0.0)
 
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     for s in previous:
         signal.signal(s, _raise_interrupted)
     executor: ProcessPoolExecutor | None = None
@@ -284,7 +409,8 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
         else:
             context = multiprocessing.get_context("fork") if sys.platform != "win32" else None
             executor = ProcessPoolExecutor(max_workers=min(jobs, len(groups)), mp_context=context,
-                                           initializer=_worker_init)
+                                           initializer=_worker_init,
+                                           initargs=(os.getpid(),))
             pending: dict[Future, list[Cell]] = {
                 executor.submit(compute_group, [(c.key(), c.digest()) for c in group],
                                 cells_dir): group
@@ -303,8 +429,11 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
                                 finished(cell, doc)
             executor.shutdown(wait=True)
             executor = None
-    except Interrupted as stop:
-        outcome.interrupted = stop
+    except (Interrupted, CellFailed) as stop:
+        if isinstance(stop, Interrupted):
+            outcome.interrupted = stop
+        else:
+            outcome.failed = stop
         for s in previous:  # a second signal while cleaning up is ignored
             signal.signal(s, signal.SIG_IGN)
         if executor is not None:
@@ -312,7 +441,8 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
         # Cells finished by workers after the parent stopped listening are on disk: keep them.
         for cell in wanted:
             digest = cell.digest()
-            if digest not in outcome.cells and digest not in outcome.oracles:
+            if digest not in outcome.cells and digest not in outcome.oracles and (
+                    reuse or _stored_since(cells_dir, cell, started)):
                 doc = load_cached(cells_dir, cell)
                 if doc is not None:
                     _store(outcome, cell, doc)

@@ -1,14 +1,15 @@
 """Statistics on stored results: summaries, comparisons paired by seed, perf-kvm-stat tables.
 
 Every policy sees the same guest run for a given seed, so policies are compared seed by seed:
-the per-seed ratio of cycles to a baseline, its geometric mean with a bootstrap 95% interval
-(seeds resampled with random.Random(0), so the interval repeats), and win/tie/loss counts.
+the per-seed ratio of cycles to a baseline, its geometric mean with an interval that claims no
+more than the seeds support (``interval``: none from one seed, a Student-t 95% interval on the
+log ratios from 2 to BOOTSTRAP_MIN_SEEDS - 1 seeds, a percentile bootstrap from
+BOOTSTRAP_MIN_SEEDS on; every table names the method), and win/tie/loss counts.
 """
 
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,13 @@ from bench.errors import BenchError, unknown_name
 from bench.machine.counters import EXIT_REASON_OF_CAUSE
 
 BOOTSTRAP_SAMPLES = 2000
+BOOTSTRAP_MIN_SEEDS = 20
+"""Fewer seeds than this get a t-interval: a bootstrap of a handful of seeds only resamples
+them, and its percentile interval is (nearly) their range, narrower than the data supports."""
+T_975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+         2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930)
+"""The 0.975 quantile of Student's t with 1, 2, ... 19 degrees of freedom (tests/test_stats.py
+checks each against a numerical integration of the density)."""
 TIE_TOLERANCE = 0.001
 """Two cells tie when their cycles differ by at most 0.1%."""
 
@@ -106,14 +114,45 @@ def summary_text(doc: dict[str, Any]) -> str:
 
 
 # -- paired comparison -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Interval:
+    """An interval for a geometric mean ratio; ``method`` says how it was made (a key of
+    METHOD_LABELS); ``low``/``high`` are None when there is none (one seed)."""
+
+    low: float | None
+    high: float | None
+    method: str
+
+
+METHOD_LABELS = {
+    "none": "no interval (one seed)",
+    "t": "95% t-interval on the log ratios",
+    "bootstrap": f"95% percentile bootstrap ({BOOTSTRAP_SAMPLES} resamples of the seeds)",
+}
+
+
+def interval_method(seeds: int) -> str:
+    """Which interval ``interval`` gives for this many seeds: "none", "t" or "bootstrap"."""
+    if seeds < 2:
+        return "none"
+    return "t" if seeds < BOOTSTRAP_MIN_SEEDS else "bootstrap"
+
+
+def interval_label(seeds: int) -> str:
+    """The method's words for a table or chart caption, e.g. "95% t-interval on the log ratios
+    (3 seeds)"."""
+    return f"{METHOD_LABELS[interval_method(seeds)]} ({seeds} seed{'s' if seeds != 1 else ''})"
+
+
 @dataclass
 class Comparison:
     workload: str
     policy: str
     seeds: int
     ratio: float
-    low: float
-    high: float
+    low: float | None
+    high: float | None
+    method: str
     wins: int
     ties: int
     losses: int
@@ -123,12 +162,35 @@ def geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
+def t_interval(ratios: list[float]) -> tuple[float, float]:
+    """Student-t 95% interval of the mean log ratio, mapped back (needs 2 to 20 ratios)."""
+    logs = [math.log(r) for r in ratios]
+    n = len(logs)
+    centre = sum(logs) / n
+    sd = math.sqrt(sum((x - centre) ** 2 for x in logs) / (n - 1))
+    half = T_975[n - 2] * sd / math.sqrt(n)
+    return math.exp(centre - half), math.exp(centre + half)
+
+
 def bootstrap_ci(ratios: list[float], samples: int = BOOTSTRAP_SAMPLES) -> tuple[float, float]:
-    """Percentile 95% interval of the geometric mean, seeds resampled with random.Random(0)."""
-    rng = random.Random(0)
-    n = len(ratios)
-    stats = sorted(geomean([ratios[rng.randrange(n)] for _ in range(n)]) for _ in range(samples))
-    return stats[int(0.025 * (samples - 1))], stats[int(math.ceil(0.975 * (samples - 1)))]
+    """Percentile 95% interval of the geometric mean: the seeds resampled ``samples`` times
+    with numpy's generator seeded 0 (so the interval repeats), vectorised."""
+    import numpy as np
+
+    logs = np.log(np.asarray(ratios, dtype=float))
+    picks = np.random.default_rng(0).integers(0, len(logs), size=(samples, len(logs)))
+    means = np.sort(logs[picks].mean(axis=1))
+    return (float(math.exp(means[int(0.025 * (samples - 1))])),
+            float(math.exp(means[int(math.ceil(0.975 * (samples - 1)))])))
+
+
+def interval(ratios: list[float]) -> Interval:
+    """The interval the seeds support (see ``interval_method``)."""
+    method = interval_method(len(ratios))
+    if method == "none":
+        return Interval(None, None, method)
+    low, high = t_interval(ratios) if method == "t" else bootstrap_ci(ratios)
+    return Interval(low, high, method)
 
 
 def resolve_baseline(records: list[dict[str, Any]], baseline: str | None) -> str:
@@ -164,9 +226,9 @@ def compare(records: list[dict[str, Any]], baseline: str) -> list[Comparison]:
             ratios = [c / b for c, b in pairs]
             ties = sum(abs(x - 1) <= TIE_TOLERANCE for x in ratios)
             wins = sum(x < 1 - TIE_TOLERANCE for x in ratios)
-            low, high = bootstrap_ci(ratios)
-            out.append(Comparison(wl, pl, len(ratios), geomean(ratios), low, high, wins, ties,
-                                  len(ratios) - wins - ties))
+            iv = interval(ratios)
+            out.append(Comparison(wl, pl, len(ratios), geomean(ratios), iv.low, iv.high,
+                                  iv.method, wins, ties, len(ratios) - wins - ties))
     return out
 
 
@@ -175,19 +237,34 @@ def compare_text(doc: dict[str, Any], baseline: str | None) -> str:
     base = resolve_baseline(records, baseline)
     rows = compare(records, base)
     profile = doc["meta"]["cost_profile"]["name"]
-    parts = [f"cycles relative to {base}, paired by seed (geometric mean, bootstrap 95% CI; "
-             f"win = fewer cycles, tie within {TIE_TOLERANCE:.1%}; cost profile {profile})", ""]
-    header = ["policy", "seeds", "ratio", "95% CI", "win/tie/loss"]
+    parts = [f"cycles relative to {base}, paired by seed (geometric mean; win = fewer cycles, "
+             f"tie within {TIE_TOLERANCE:.1%}; cost profile {profile})"]
+    for seeds in sorted({c.seeds for c in rows}):
+        parts.append(f"interval with {seeds} seed{'s' if seeds != 1 else ''}: "
+                     f"{METHOD_LABELS[interval_method(seeds)]}")
+    parts.append("")
+    header = ["policy", "seeds", "ratio", "interval", "method", "win/tie/loss"]
     for (wl,), comps in group([c.__dict__ for c in rows], "workload").items():
         parts.append(wl)
         parts.append(text_table(header, [
             [c["policy"], str(c["seeds"]), f"{c['ratio']:.3f}",
-             f"[{c['low']:.3f}, {c['high']:.3f}]", f"{c['wins']}/{c['ties']}/{c['losses']}"]
+             "-" if c["low"] is None else f"[{c['low']:.3f}, {c['high']:.3f}]", c["method"],
+             f"{c['wins']}/{c['ties']}/{c['losses']}"]
             for c in comps]))
         parts.append("")
     if not rows:
         parts.append("nothing to compare (one policy, or no seed shared with the baseline)")
     return "\n".join(parts).rstrip() + "\n"
+
+
+def compare_json(doc: dict[str, Any], baseline: str | None) -> dict[str, Any]:
+    """The comparison as data (``compare --json``)."""
+    base = resolve_baseline(doc["records"], baseline)
+    rows = compare(doc["records"], base)
+    return {"baseline": base, "cost_profile": doc["meta"]["cost_profile"]["name"],
+            "tie_tolerance": TIE_TOLERANCE, "methods": METHOD_LABELS,
+            "bootstrap_min_seeds": BOOTSTRAP_MIN_SEEDS,
+            "comparisons": [dict(c.__dict__) for c in rows]}
 
 
 # -- perf kvm stat report ----------------------------------------------------------------------
@@ -206,8 +283,9 @@ _REASON_OF_CYCLE_CAUSE = {
 rebuilds, resyncs, extra emulation; 2-D walks are no exit)."""
 
 
-def kvm_stat_text(record: dict[str, Any], profile: costs.CostProfile, ghz: float) -> str:
-    """A `perf kvm stat report` table (tools/perf/builtin-kvm.c print_result) for one record.
+def kvm_stat_rows(record: dict[str, Any], profile: costs.CostProfile,
+                  ghz: float) -> dict[str, Any]:
+    """The `perf kvm stat report` numbers for one record (``kvm_stat_text`` prints them).
 
     Samples are the exits by reason; Time% shares the priced handling cycles. Min and Max are
     the cheapest and dearest exit cause of the reason (round trip + handler, plus the per-event
@@ -228,11 +306,7 @@ def kvm_stat_text(record: dict[str, Any], profile: costs.CostProfile, ghz: float
     samples = sum(n for groups in per_reason.values() for n, _ in groups)
     total_time = sum(time.values())
     us = 1.0 / (ghz * 1000.0)
-    lines = [f"Analyze events for all VMs, all VCPUs:  ({record['workload_label']} / "
-             f"{record['policy_label']} / seed {record['seed']}; simulated, cost profile "
-             f"{profile.name}, times at {ghz:.2f} GHz)", "",
-             f"{'VM-EXIT':>20s} {'Samples':>10s} {'Samples%':>9s} {'Time%':>9s} "
-             f"{'Min Time':>11s} {'Max Time':>11s} {'Avg time':>16s}", ""]
+    rows = []
     order = sorted(per_reason, key=lambda r: (-sum(n for n, _ in per_reason[r]), r))
     for reason in order:
         groups = per_reason[reason]
@@ -242,12 +316,33 @@ def kvm_stat_text(record: dict[str, Any], profile: costs.CostProfile, ghz: float
         extra = (t - sum(k * v for k, v in groups)) / n  # zaps, rebuilds... spread evenly
         costs_each = [(k, v + extra) for k, v in groups]
         var = sum(k * (v - avg) ** 2 for k, v in costs_each) / n
-        rel = 100.0 * math.sqrt(var / n) / avg if avg else 0.0
+        rows.append({
+            "reason": reason, "samples": n,
+            "samples_percent": 100.0 * n / samples if samples else 0.0,
+            "time_percent": 100.0 * t / total_time if total_time else 0.0,
+            "min_us": min(v for _, v in costs_each) * us,
+            "max_us": max(v for _, v in costs_each) * us, "avg_us": avg * us,
+            "rel_stddev_percent": 100.0 * math.sqrt(var / n) / avg if avg else 0.0})
+    return {"workload": record["workload_label"], "policy": record["policy_label"],
+            "seed": record["seed"], "cost_profile": profile.name, "ghz": ghz, "rows": rows,
+            "total_samples": samples, "total_time_us": total_time * us}
+
+
+def kvm_stat_text(record: dict[str, Any], profile: costs.CostProfile, ghz: float) -> str:
+    """A `perf kvm stat report` table (tools/perf/builtin-kvm.c print_result) for one record
+    (the numbers: ``kvm_stat_rows``)."""
+    data = kvm_stat_rows(record, profile, ghz)
+    lines = [f"Analyze events for all VMs, all VCPUs:  ({data['workload']} / "
+             f"{data['policy']} / seed {data['seed']}; simulated, cost profile "
+             f"{profile.name}, times at {ghz:.2f} GHz)", "",
+             f"{'VM-EXIT':>20s} {'Samples':>10s} {'Samples%':>9s} {'Time%':>9s} "
+             f"{'Min Time':>11s} {'Max Time':>11s} {'Avg time':>16s}", ""]
+    for r in data["rows"]:
         lines.append("%20s %10d %8.2f%% %8.2f%% %9.2fus %9.2fus %9.2fus ( +-%7.2f%% )" % (
-            reason, n, 100.0 * n / samples if samples else 0.0,
-            100.0 * t / total_time if total_time else 0.0,
-            min(v for _, v in costs_each) * us, max(v for _, v in costs_each) * us, avg * us, rel))
-    lines += ["", f"Total Samples:{samples}, Total events handled time:{total_time * us:.2f}us.", ""]
+            r["reason"], r["samples"], r["samples_percent"], r["time_percent"], r["min_us"],
+            r["max_us"], r["avg_us"], r["rel_stddev_percent"]))
+    lines += ["", f"Total Samples:{data['total_samples']}, Total events handled time:"
+              f"{data['total_time_us']:.2f}us.", ""]
     return "\n".join(lines)
 
 

@@ -37,6 +37,11 @@ from bench.ops import (BTR, BTS, COMPUTE, CR3, INVLPG, KIND_BY_NAME, KIND_NAMES,
 
 MAGIC = "shadowbench-trace"
 VERSION = 1
+MAX_COMPUTE = 10**12
+"""The most cycles one ``compute`` operation may stand for (over five minutes at 3 GHz)."""
+MAX_PHASE = 2**31 - 1
+PHYS_BITS = {False: 32, True: 36}
+"""Guest-physical address bits without and with PAE (a table's gfn and a word's gpa)."""
 
 
 @dataclass
@@ -138,8 +143,13 @@ def parse_op(line: str, where: str, cpus: int) -> tuple:
         op = (COMPUTE, cpu, 0, nums[0], nums[1] if len(nums) == 2 else 0, "compute")
     else:
         op = (MARK, cpu, 0, nums[0], 0, "mark")
-    if op[2] > 0xFFFFFFFF and kind != CR3:
-        raise BenchError(f"{where}: address {op[2]:#x} is not a 32-bit guest-virtual address")
+    if op[2] > 0xFFFFFFFF:
+        what = "cr3 value" if kind == CR3 else "address"
+        raise BenchError(f"{where}: {what} {op[2]:#x} does not fit in 32 bits")
+    if kind == COMPUTE and op[3] > MAX_COMPUTE:
+        raise BenchError(f"{where}: compute {op[3]} is above the maximum {MAX_COMPUTE} cycles")
+    if kind == MARK and op[3] > MAX_PHASE:
+        raise BenchError(f"{where}: mark phase {op[3]} is above the maximum {MAX_PHASE}")
     try:
         check_op(kind, cpu, op[2], op[3], cpus)
     except BenchError as err:
@@ -169,6 +179,7 @@ def _read_header(handle: TextIO, name: str) -> tuple[TraceGuest, list[int], int]
     cr3: dict[int, int] = {}
     lineno = 0
     words: list[tuple[int, int]] = []
+    tables: list[tuple[str, int]] = []
     for lineno, line in _lines(handle, name, 1):
         where = f"{name}:{lineno}"
         if lineno == 1:
@@ -190,14 +201,20 @@ def _read_header(handle: TextIO, name: str) -> tuple[TraceGuest, list[int], int]
                 raise BenchError(f"{where}: cpus must be one number 1..64")
             cpus = int(args[0], 0)
         elif key == "table" and len(args) == 1:
-            mem.add_table_page(_int(args[0], where, "gfn"))
+            gfn = _int(args[0], where, "gfn")
+            if not 0 <= gfn < 1 << (PHYS_BITS[True] - 12):
+                raise BenchError(f"{where}: table gfn {gfn:#x} is beyond 36-bit guest memory")
+            tables.append((where, gfn))
         elif key == "word" and len(args) == 2:
             gpa, value = _int(args[0], where, "gpa"), _int(args[1], where, "value")
             if gpa & 3 or gpa < 0 or not 0 <= value <= 0xFFFFFFFF:
                 raise BenchError(f"{where}: word needs an aligned gpa and a 32-bit value")
             words.append((gpa, value))
         elif key == "cr3" and len(args) == 2:
-            cr3[_int(args[0], where, "cpu")] = _int(args[1], where, "cr3")
+            value = _int(args[1], where, "cr3")
+            if not 0 <= value <= 0xFFFFFFFF:
+                raise BenchError(f"{where}: cr3 {value:#x} does not fit in 32 bits")
+            cr3[_int(args[0], where, "cpu")] = value
         else:
             raise BenchError(f"{where}: unknown or malformed directive {line!r}")
     else:
@@ -206,7 +223,14 @@ def _read_header(handle: TextIO, name: str) -> tuple[TraceGuest, list[int], int]
         raise BenchError(f"{name}: the header needs 'mode' and 'cpus' lines")
     if sorted(cr3) != list(range(cpus)):
         raise BenchError(f"{name}: every cpu 0..{cpus - 1} needs one 'cr3' line")
+    bits = PHYS_BITS[mode.pae]
+    for where, gfn in tables:
+        if gfn >= 1 << (bits - 12):
+            raise BenchError(f"{where}: table gfn {gfn:#x} is beyond {bits}-bit guest memory")
+        mem.add_table_page(gfn)
     for gpa, value in words:
+        if gpa >= 1 << bits:
+            raise BenchError(f"{name}: word at gpa {gpa:#x} is beyond {bits}-bit guest memory")
         mem.write32(gpa, value)
     return TraceGuest(mem, mode, cpus), [cr3[c] for c in range(cpus)], lineno
 
@@ -219,6 +243,16 @@ def _lines(handle: TextIO, name: str, first: int) -> Iterator[tuple[int, str]]:
             yield lineno, raw.split("#", 1)[0].strip()
     except UnicodeDecodeError:
         raise BenchError(f"{name}: not UTF-8 text") from None
+
+
+def check_trace(path: str | os.PathLike) -> int:
+    """Read a whole trace, header and every operation, in constant memory; the first malformed
+    or out-of-range line is a BenchError. Returns the number of operations."""
+    _, _, ops = read_trace(path)
+    n = 0
+    for _ in ops:
+        n += 1
+    return n
 
 
 def _read_ops(handle: TextIO, name: str, lineno: int, cpus: int) -> Iterator[tuple]:

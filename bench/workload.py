@@ -41,12 +41,33 @@ class Workload:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
+    quick_sizes: ClassVar[dict[str, Any]] = {}
+    """What ``quick=true`` means: the most each listed parameter may be in a quick run. A listed
+    parameter that is not given explicitly takes min(its default, this value); one given
+    explicitly keeps its value (``resolve_params``), so a label always names the size used."""
 
     def __init__(self, **params: Any) -> None:
-        """Validate ``params`` against ``params`` (defaults filled in) and set them as attributes."""
-        for key, value in resolve(f"workload {self.name}", type(self).params, params).items():
+        """Validate ``params`` against ``params`` (defaults filled in, quick sizes applied) and
+        set them as attributes."""
+        for key, value in resolve_params(type(self), params).items():
             setattr(self, key, value)
 
     def build(self, rng: random.Random) -> GuestRun:
         """Boot the guest and return its operation stream; ``rng`` is the only randomness."""
         raise NotImplementedError
+
+    def check_inputs(self) -> None:
+        """Read every input file the run will read and raise BenchError at the first problem,
+        before anything is simulated or written (a trace read lazily during the run would
+        otherwise fail part way). By default nothing: ``build`` reads its inputs at once."""
+
+
+def resolve_params(cls: type[Workload], given: dict[str, Any]) -> dict[str, Any]:
+    """Every parameter of workload class ``cls``, validated, defaults filled in; with
+    ``quick`` true, each of ``cls.quick_sizes`` not in ``given`` is min(default, quick size)."""
+    full = resolve(f"workload {cls.name}", cls.params, given)
+    if full.get("quick") is True:
+        for key, most in cls.quick_sizes.items():
+            if key not in given:
+                full[key] = min(full[key], most)
+    return full

@@ -22,7 +22,7 @@ from typing import Any
 
 from mypy_extensions import mypyc_attr
 
-from bench.costs import DEFAULT_PROFILE, PROFILES, profile
+from bench.costs import DEFAULT_PROFILE, profile, profile_problem
 from bench.errors import BenchError
 from bench.oracle import Trace, unit_costs, unshadow_is_optimal
 from bench.params import Param
@@ -36,7 +36,8 @@ class Oracle(Policy):
                "every write or unshadow at the first (needs the run's record; docs/oracle.md)")
     params = {
         "cost_profile": Param(str, DEFAULT_PROFILE, "cost profile the optimum is computed for "
-                              "(bench.costs.PROFILES)", choices=tuple(PROFILES)),
+                              "(a built-in profile's name or a PATH.toml file)",
+                              check=profile_problem),
     }
     needs_trace = True
     """The harness must call use_trace(bench.oracle.trace(<fresh run>)) before running it."""

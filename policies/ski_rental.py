@@ -19,7 +19,7 @@ from typing import Any
 
 from mypy_extensions import mypyc_attr
 
-from bench.costs import DEFAULT_PROFILE, PROFILES, profile
+from bench.costs import DEFAULT_PROFILE, profile, profile_problem
 from bench.params import Param
 from bench.policy import Decision, Policy, PteWrite, WriteFault
 from bench.ski_rental import buy_cost, rent_cost, threshold
@@ -32,7 +32,8 @@ class SkiRental(Policy):
                "(deterministic ski rental, Karlin et al. 1988; 2-competitive)")
     params = {
         "cost_profile": Param(str, DEFAULT_PROFILE, "cost profile the rent and buy costs come "
-                              "from (bench.costs.PROFILES)", choices=tuple(PROFILES)),
+                              "from (a built-in profile's name or a PATH.toml file)",
+                              check=profile_problem),
     }
 
     cost_profile: str

@@ -2,7 +2,7 @@
 
 No page is write-protected, so no policy decision ever arises: guest page-table writes, invlpg
 and cr3 loads run natively. The cost moves to TLB misses, each a two-dimensional walk through
-the guest tables and the EPT (costs.md 5). Runs on bench.machine.tdp.TdpMachine; the model and
+the guest tables and the EPT (docs/costs.md 5). Runs on bench.machine.tdp.TdpMachine; the model and
 its simplifications are in docs/tdp.md.
 """
 
@@ -18,7 +18,7 @@ from bench.policy import MMUConfig, Policy
 class Tdp(Policy):
     name = "tdp"
     summary = ("two-dimensional paging (EPT/NPT): no write traps, every TLB miss walks guest "
-               "tables and EPT (costs.md 5; docs/tdp.md)")
+               "tables and EPT (docs/costs.md 5; docs/tdp.md)")
     params = {
         "tlb_entries": Param(
             int, 64,

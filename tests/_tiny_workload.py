@@ -16,6 +16,7 @@ import bench.registry as registry
 from bench.guest import Guest
 from bench.ops import btr, compute, cr3, load, mark, store
 from bench.params import Param
+from bench.policy import Decision, Policy
 from bench.workload import GuestRun, Workload
 
 USER_BASE = 0x10000000
@@ -30,13 +31,14 @@ class Tiny(Workload):
         "quick": Param(bool, False, "shrink to 2 passes"),
         "pae": Param(bool, False, "PAE paging"),
     }
+    quick_sizes = {"passes": 2}
 
     def build(self, rng: random.Random) -> GuestRun:
         guest = Guest(pae=self.pae, highmem_pages=0, lowmem_pages=4096, cpus=1, highpte=False)
         proc = guest.new_process()
         ptes = [guest.set_pte_direct(proc, USER_BASE + i * 4096, 0x800 + i)
                 for i in range(self.pages)]
-        passes = 2 if self.quick else self.passes
+        passes = self.passes
         sizes = {"pages": self.pages, "page_tables": len(proc.page_tables), "passes": 0}
 
         def ops():
@@ -63,6 +65,36 @@ class Slow(Tiny):
     params = {**Tiny.params, "passes": Param(int, 3000, "scan passes", minimum=1)}
 
 
+class Raising(Policy):
+    """A policy with a bug: it raises at its ``after``-th trapping write."""
+
+    name = "tiny-raise"
+    summary = "test-only: raises ZeroDivisionError at a trapping write"
+    params = {"after": Param(int, 0, "trapping writes answered before it raises", minimum=0)}
+
+    def __init__(self, **params) -> None:
+        super().__init__(**params)
+        self.seen = 0
+
+    def on_write_fault(self, fault) -> Decision:
+        if self.seen >= self.after:
+            return Decision(1 // 0)
+        self.seen += 1
+        return Decision.EMULATE
+
+
+def merged_policies(original):
+    merged: dict = {}
+
+    def policies():
+        if not merged:
+            merged.update(original())
+            merged[Raising.name] = Raising
+        return merged
+
+    return policies
+
+
 def merged_workloads(original):
     """A registry function returning ``original()``'s workloads plus the test workloads."""
     merged: dict = {}
@@ -82,6 +114,7 @@ def merged_workloads(original):
 def patch(monkeypatch) -> None:
     """Register the test workloads for one test (pytest's monkeypatch undoes it)."""
     monkeypatch.setattr(registry, "workloads", merged_workloads(registry.workloads))
+    monkeypatch.setattr(registry, "policies", merged_policies(registry.policies))
 
 
 def install() -> None:
@@ -89,6 +122,7 @@ def install() -> None:
     if getattr(registry, "_tiny_installed", False):
         return
     registry.workloads = merged_workloads(registry.workloads)
+    registry.policies = merged_policies(registry.policies)
     registry._tiny_installed = True
 
 

@@ -73,7 +73,7 @@ BAD_INPUT = [
     (["-w", "tiny", "--set", "pages"], ["expected KEY=VALUE"]),
     (["-w", "tiny", "--set", "pae=maybe"], ["not a boolean"]),
     (["-w", "tiny", "--cost-profile", "pentium-5"], ["cost profile", "core2-penryn-2008"]),
-    (["-w", "tiny", "--seeds", "0"], ["--seeds", "at least 1"]),
+    (["-w", "tiny", "--seeds", "0"], ["--seeds", "from 1 to"]),
     (["-w", "tiny", "--jobs", "x"], ["--jobs"]),
     (["-w", "tiny", "--no-such-option"], ["unrecognized arguments"]),
 ]
@@ -128,7 +128,8 @@ def test_json_path_and_summary_table(tiny_charts, capsys, tmp_path):
     assert any(l.startswith("always-unshadow") for l in out.splitlines())
     assert results.load(str(tmp_path / "doc.json"))["records"]
     written = sorted(os.listdir(tmp_path / "o"))
-    assert written == ["cells", "charts", "pyperf.json", "report.md", "results.csv", "results.json"]
+    assert written == ["cells", "charts", "passes.csv", "pyperf.json", "report.md", "results.csv",
+                       "results.json"]
     charts = os.listdir(tmp_path / "o" / "charts")
     assert "cycles-tiny.png" in charts and "cycles-tiny.svg" in charts
     assert "traps-tiny.png" in charts
@@ -139,7 +140,27 @@ def test_quick_sets_the_workload_parameter(tiny, capsys, tmp_path):
     doc = json.loads(out)
     assert rc == 0 and all(r["workload_params"]["quick"] is True for r in doc["records"])
     assert all(r["sizes"]["passes"] == 2 for r in doc["records"])
-    assert all(r["workload_label"] == "tiny" for r in doc["records"])
+    assert all(r["workload_params"]["passes"] == 2 for r in doc["records"])
+    assert all(r["workload_label"] == "tiny[quick=true]" for r in doc["records"])
+
+
+@pytest.mark.parametrize("given", [["--set", "passes=3"], ["-w", "tiny:passes=3"]])
+def test_quick_keeps_explicit_sizes_and_labels_them(tiny, capsys, tmp_path, given):
+    argv = [a for a in TINY if a not in ("-w", "tiny")] if given[0] == "-w" else TINY
+    rc, out, _ = run_main(capsys, "run", *argv, *given, "--quick", "--out", str(tmp_path),
+                          "--json", "-")
+    doc = json.loads(out)
+    assert rc == 0 and all(r["sizes"]["passes"] == 3 for r in doc["records"])
+    assert {r["workload_label"] for r in doc["records"]} == {"tiny[passes=3,quick=true]"}
+
+
+def test_quick_does_not_mask_a_bad_or_contradicting_quick_value(tiny, capsys, tmp_path):
+    rc, _, err = run_main(capsys, "run", *TINY, "--quick", "--set", "quick=maybe", "--out",
+                          str(tmp_path / "a"))
+    assert rc == 2 and "not a boolean" in err and not (tmp_path / "a").exists()
+    rc, _, err = run_main(capsys, "run", *TINY, "--quick", "--set", "quick=false", "--out",
+                          str(tmp_path / "b"))
+    assert rc == 2 and "contradicts" in err and not (tmp_path / "b").exists()
 
 
 def test_set_applies_to_workloads_that_take_it(tiny, capsys, tmp_path):
@@ -204,6 +225,14 @@ def test_compare_stat_reprice_plot(tiny_results, tmp_path):
     assert "charts/cycles-tiny.png" in (tiny_results / "report.md").read_text()
 
 
+@pytest.mark.parametrize("extra", [["-w", "tiny"], ["--seed", "0"], ["--ghz", "2.5"],
+                                   ["-w", "tiny", "--seed", "1"]])
+def test_compare_refuses_options_that_only_apply_with_kvm_stat(tiny_results, extra):
+    r = bench("compare", str(tiny_results), *extra)
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1
+    assert "only apply with --kvm-stat" in r.stderr and extra[0] in r.stderr
+
+
 def test_sweep_grid_and_toml(tmp_path):
     r = bench("sweep", "-w", "tiny", "-p", "always-emulate", "-p", "always-unshadow", "--grid",
               "pages=2,4", "--seeds", "2", "--jobs", "2", "--out", str(tmp_path / "s"),
@@ -256,7 +285,7 @@ def test_default_workloads_validate():
 
     exp = experiment.build(["always-emulate"], None, [], True, 1)
     labels = [w.label for w in exp.workloads]
-    assert labels[:2] == ["kscand", "linear-scan"] and len(labels) == 8
+    assert labels[:2] == ["kscand[quick=true]", "linear-scan[quick=true]"] and len(labels) == 8
     assert len(set(labels)) == 8
 
 
@@ -281,3 +310,33 @@ def test_unknown_names_suggest_only_close_ones():
     assert "did you mean" not in far and "valid: accessed-clear" in far
     assert "did you mean flood-count? " in str(unknown_name("policy", "flod-count", names))
     assert "did you mean xen-batch? " in str(unknown_name("policy", "xen-bach", names))
+
+
+def test_json_on_list_compare_and_stat(tiny_results):
+    r = bench("list", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["policies"]["always-emulate"]["summary"]
+    assert data["workloads"]["tiny"]["params"]["pages"]["maximum"] == 512
+    assert costs.DEFAULT_PROFILE in data["cost_profiles"]
+    r = bench("compare", str(tiny_results), "--json")
+    assert r.returncode == 0, r.stderr
+    comparison = json.loads(r.stdout)
+    assert comparison["baseline"] == "always-emulate" and comparison["comparisons"]
+    assert {c["method"] for c in comparison["comparisons"]} == {"t"}
+    r = bench("stat", str(tiny_results), "-p", "always-emulate", "--seed", "0", "--json")
+    assert r.returncode == 0, r.stderr
+    (table,) = json.loads(r.stdout)
+    assert table["policy"] == "always-emulate" and table["rows"][0]["reason"] == "EXCEPTION_NMI"
+
+
+def test_version_and_help_of_every_verb():
+    r = bench("--version", tiny=False)
+    assert r.returncode == 0 and r.stdout.startswith("shadowbench ")
+    assert "git commit" in r.stdout
+    for verb in ("run", "sweep", "list", "plot", "compare", "stat", "reprice"):
+        r = bench(verb, "--help", tiny=False)
+        assert r.returncode == 0 and "examples:" in r.stdout and f"python -m bench {verb}" in r.stdout
+    r = bench("run", "--seed", "3", tiny=False)
+    assert r.returncode == 2 and "see python -m bench --help" in r.stderr
+    assert "bench bench" not in r.stderr

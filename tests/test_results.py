@@ -88,6 +88,18 @@ def test_csv_flattens_every_record(doc):
         assert int(row["exits.EXCEPTION_NMI"]) == r["exits_by_reason"].get("EXCEPTION_NMI", 0)
         assert int(row["cycles.emulated_pte_writes"]) == r["cycles_by_cause"]["emulated_pte_writes"]
         assert row["workload_param.pae"] in ("true", "false")
+        assert row["cell"] == r["cell"] and row["cost_profile"] == doc["meta"]["cost_profile"]["name"]
+        assert row["project_version"] == doc["meta"]["project_version"]
+        assert row["git_commit"] == (doc["meta"]["git_commit"] or "")
+
+
+def test_passes_csv_is_long_format_of_the_marks(doc):
+    rows = list(csv.DictReader(io.StringIO(results.passes_csv_text(doc))))
+    expected = [(r["cell"], m["phase"], k, v) for r in doc["records"] for m in r["marks"]
+                for k, v in sorted(m["counters"].items())]
+    assert expected and [(x["cell"], int(x["phase"]), x["counter"], int(x["value"]))
+                         for x in rows] == expected
+    assert {x["cost_profile"] for x in rows} == {doc["meta"]["cost_profile"]["name"]}
 
 
 def test_pyperf_export_works_with_pyperf_tools(doc, tmp_path):
@@ -103,10 +115,15 @@ def test_pyperf_export_works_with_pyperf_tools(doc, tmp_path):
     bench0 = suite.get_benchmark(names[0])
     assert bench0.get_unit() == "integer" and bench0.get_nrun() == 3
     assert list(bench0.get_values()) == [r["cycles"] for r in doc["records"][:3]]
+    run0 = bench0.get_runs()[0]
+    assert run0.get_metadata()["shadowbench_seed"] == 0
+    assert run0.get_metadata()["duration"] == pytest.approx(
+        doc["records"][0]["cycles"] / (results.PYPERF_GHZ * 1e9))
     for cmd in (["stats", a], ["compare_to", a, b, "--table"], ["show", a]):
         proc = subprocess.run([sys.executable, "-m", "pyperf", *cmd], capture_output=True,
                               text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
+        assert " day" not in proc.stdout  # the total duration is simulated time, not cycles
     assert "tiny[pae=true]/always-unshadow" in proc.stdout
 
 
@@ -157,3 +174,12 @@ def test_kvm_stat_table_has_perf_layout(doc):
     assert samples == doc["records"][0]["counters"]["exits"]
     assert f"Total Samples:{samples}, Total events handled time:" in text
     assert sum(float(line.split()[2].rstrip("%")) for line in rows) == pytest.approx(100, abs=0.05)
+
+
+def test_an_installed_copy_reports_the_commit_stamped_at_build(tmp_path, monkeypatch):
+    info = tmp_path / "_build_info.json"
+    info.write_text('{"git_commit": "0123abcd"}\n')
+    monkeypatch.setattr(results, "BUILD_INFO", str(info))
+    assert results.git_commit() == "0123abcd"
+    monkeypatch.setattr(results, "BUILD_INFO", str(tmp_path / "absent.json"))
+    assert results.git_commit() != "0123abcd"  # a checkout asks git

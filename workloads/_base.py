@@ -18,15 +18,16 @@ HZ = 100
 domain.md 2.3)."""
 
 KERNEL_PARAMS: dict[str, Param] = {
-    "kernel": Param(str, "rhel3", "kmap_atomic/kunmap_atomic and pte_clear variant (domain.md 2.2)",
-                    choices=KERNELS),
+    "kernel": Param(str, "rhel3", "kmap_atomic/kunmap_atomic and pte_clear variant "
+                    "(docs/workloads.md, Kernel variants)", choices=KERNELS),
     "debug_highmem": Param(bool, False, "CONFIG_DEBUG_HIGHMEM for kernel 2.6.12 (kunmap clears "
                            "the fixmap pte); use kernel rhel3-debug for RHEL3"),
     "pae": Param(bool, True, "PAE paging (8-byte ptes written as two 4-byte stores)"),
 }
 
 COMMON_PARAMS: dict[str, Param] = {
-    "quick": Param(bool, False, "shrink the guest to a small size (tests, --quick runs)"),
+    "quick": Param(bool, False, "small default sizes (tests, --quick runs; sizes given "
+                   "explicitly are kept)"),
     "cpus": Param(int, 1, "guest vCPUs (each has its own kmap slots)", minimum=1,
                   maximum=MAX_CPUS),
 }
@@ -59,10 +60,6 @@ class GuestWorkload(Workload):
         if self.debug_highmem and self.kernel != "2.6.12":
             raise BenchError(f"workload {self.name} parameter debug_highmem=True applies only to "
                              f"kernel 2.6.12, not {self.kernel!r} (use kernel rhel3-debug for RHEL3)")
-
-    def quick_capped(self, value: int, cap: int) -> int:
-        """``value``, or at most ``cap`` when the workload runs with ``quick``."""
-        return min(value, cap) if self.quick else value
 
 
 def interleave_generators(gens: list) -> Iterator[tuple]:

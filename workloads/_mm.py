@@ -36,6 +36,8 @@ from bench.machine.paging import A, D
 
 PRIVATE_BASE = 0x08000000
 USER_TOP = 0xBF000000
+MAX_PROCESSES = 4096
+"""The most user processes a scan workload may have (its ``processes`` parameter)."""
 """Mappings stay below 0xBF000000 (the stack and the kernel's 0xC0000000 start above)."""
 NRPTE = 31
 """pte_chain slots per block: (L1_CACHE_BYTES - sizeof(long)) / sizeof(u32) with 128-byte lines
@@ -80,8 +82,11 @@ class UserMemory:
         large = 1 << guest.mode.large_shift
         self.shm_base = (PRIVATE_BASE + max_private * 4096 + large - 1) & ~(large - 1)
         if self.shm_base + nshared * 4096 > USER_TOP:
+            more = (f", or raise processes (now {nproc}, at most {MAX_PROCESSES})"
+                    if nproc < MAX_PROCESSES else f" (processes is at its maximum {MAX_PROCESSES})")
             raise BenchError(f"{pages} pages over {nproc} processes do not fit below "
-                             f"{USER_TOP:#x} of user address space; raise processes")
+                             f"{USER_TOP:#x} of user address space; lower highmem_mib or shared"
+                             f"{more}")
         self.procs: list[Process] = [guest.new_process() for _ in range(nproc)]
         self.cr3s = [p.cr3 for p in self.procs]
         m = self.mappings

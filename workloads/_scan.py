@@ -15,8 +15,8 @@ from bench.params import Param
 from bench.workload import GuestRun
 from workloads._base import COMMON_PARAMS, HZ, KERNEL_PARAMS, GuestWorkload, whole_pages
 from workloads._kmap import Kernel
-from workloads._mm import UserMemory
-from workloads._users import AccessStream, UserRunner, check_pattern, read_lackey
+from workloads._mm import MAX_PROCESSES, UserMemory
+from workloads._users import AccessStream, UserRunner, check_pattern, lackey_path, read_lackey
 
 TIMESLICE = 10
 """Jiffies a process runs before the next process on its CPU (about the O(1) scheduler's nice-0
@@ -32,13 +32,14 @@ SCAN_PARAMS: dict[str, Param] = {
     **COMMON_PARAMS,
     "highmem_mib": Param(float, 1024.0, "highmem data pages the processes map (MiB; the user "
                          "page tables come on top)", check=whole_pages),
-    "processes": Param(int, 8, "user processes", minimum=1, maximum=4096),
+    "processes": Param(int, 8, "user processes", minimum=1, maximum=MAX_PROCESSES),
     "shared": Param(float, 0.1, "fraction of pages in shared segments (several mappings: "
                     "pte_chain pages)", minimum=0.0, maximum=1.0),
     "mappings": Param(int, 2, "mappings per shared page (processes sharing a segment)",
                       minimum=2, maximum=255),
     "pattern": Param(str, "zipf", "user access pattern: uniform, zipf, sequential or "
-                     "lackey:PATH", check=check_pattern),
+                     "lackey:PATH", check=check_pattern,
+                     input_file=lackey_path),
     "zipf_s": Param(float, 1.0, "zipf exponent", minimum=0.0, maximum=10.0),
     "rate": Param(float, 40000.0, "user page accesses per CPU-second of guest time",
                   minimum=0.0),
@@ -62,6 +63,9 @@ class ScanWorkload(GuestWorkload):
     write_fraction: float
     seconds: float
 
+    quick_sizes = {"highmem_mib": QUICK_PAGES / 256, "processes": QUICK_PROCESSES,
+                   "seconds": QUICK_SECONDS, "rate": QUICK_RATE}
+
     def __init__(self, **params) -> None:
         super().__init__(**params)
         if self.mappings > self.processes and self.shared > 0:
@@ -70,14 +74,8 @@ class ScanWorkload(GuestWorkload):
 
     # -- setup -------------------------------------------------------------------------------------
     def _sizes(self) -> tuple[int, int, float, float]:
-        pages = int(self.highmem_mib * 256)
-        procs, seconds, rate = self.processes, self.seconds, self.rate
-        if self.quick:
-            pages = min(pages, QUICK_PAGES)
-            procs = min(procs, QUICK_PROCESSES)
-            seconds = min(seconds, QUICK_SECONDS)
-            rate = min(rate, QUICK_RATE)
-        return pages, procs, seconds, rate
+        """quick=true has already shrunk the sizes not given (Workload.quick_sizes)."""
+        return int(self.highmem_mib * 256), self.processes, self.seconds, self.rate
 
     def _setup(self, rng: random.Random):
         pages, procs, seconds, rate = self._sizes()

@@ -32,10 +32,18 @@ def check_pattern(spec: str) -> str | None:
         path = spec[len("lackey:"):]
         if not path:
             return "lackey: needs a trace file path (lackey:PATH)"
+        if os.path.isdir(path):
+            return f"lackey trace {path!r} is a folder, not a file"
         if not os.path.isfile(path):
             return f"lackey trace file {path!r} does not exist"
         return None
     return "must be one of " + ", ".join(PATTERNS)
+
+
+def lackey_path(spec: str) -> str | None:
+    """The trace file an access pattern names (``lackey:PATH``), else None: its contents enter
+    the cell cache's key (bench.params.Param.input_file)."""
+    return spec[len("lackey:"):] if spec.startswith("lackey:") else None
 
 
 def read_lackey(path: str) -> tuple[array, bytearray]:
@@ -43,7 +51,7 @@ def read_lackey(path: str) -> tuple[array, bytearray]:
 
     Returns (addresses, writes): ``L`` is a load, ``S`` a store and ``M`` a modify (counted as a
     write); instruction fetches (``I``) and valgrind's ``==pid==`` lines are skipped (format in
-    ../shared/docs/formats.md section 4). A malformed line is a BenchError naming file and line.
+    docs/workloads.md, User processes). A malformed line is a BenchError naming file and line.
     """
     addrs = array("Q")
     writes = bytearray()

@@ -33,7 +33,7 @@ from bench.workload import GuestRun
 from workloads._base import COMMON_PARAMS, KERNEL_PARAMS, GuestWorkload, interleave_generators
 from workloads._kmap import Kernel
 from workloads._mm import PRIVATE_BASE
-from workloads._users import AccessStream, check_pattern, read_lackey
+from workloads._users import AccessStream, check_pattern, lackey_path, read_lackey
 from workloads.fork_exit import KM_USER0
 
 CLEAR_PAGE_CYCLES = 1024
@@ -58,7 +58,8 @@ class DemandPaging(GuestWorkload):
         "touches": Param(float, 2.0, "accesses per page per round", minimum=0.01,
                          maximum=1000.0),
         "pattern": Param(str, "sequential", "access pattern: uniform, zipf, sequential or "
-                         "lackey:PATH", check=check_pattern),
+                         "lackey:PATH", check=check_pattern,
+                         input_file=lackey_path),
         "zipf_s": Param(float, 1.0, "zipf exponent", minimum=0.0, maximum=10.0),
     }
 
@@ -68,9 +69,11 @@ class DemandPaging(GuestWorkload):
     pattern: str
     zipf_s: float
 
+    quick_sizes = {"pages": QUICK_PAGES, "rounds": QUICK_ROUNDS}
+
     def build(self, rng: random.Random) -> GuestRun:
-        npages = self.quick_capped(self.pages, QUICK_PAGES)
-        rounds = self.quick_capped(self.rounds, QUICK_ROUNDS)
+        npages = self.pages
+        rounds = self.rounds
         entries = 512 if self.pae else 1024
         ntables = -(-npages // entries)
         guest = Guest(self.pae, self.cpus * (npages + ntables) + 8, cpus=self.cpus)

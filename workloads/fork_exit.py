@@ -80,9 +80,11 @@ class ForkExit(GuestWorkload):
     child_touches: int
     cow_fraction: float
 
+    quick_sizes = {"parent_pages": QUICK_PAGES, "cycles": QUICK_CYCLES}
+
     def build(self, rng: random.Random) -> GuestRun:
-        npages = self.quick_capped(self.parent_pages, QUICK_PAGES)
-        cycles = self.quick_capped(self.cycles, QUICK_CYCLES)
+        npages = self.parent_pages
+        cycles = self.cycles
         entries = 512 if self.pae else 1024
         ntables = -(-npages // entries)
         guest = Guest(self.pae, self.cpus * (npages + 2 * ntables) + 8, cpus=self.cpus)

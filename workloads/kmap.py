@@ -36,7 +36,7 @@ QUICK_ITERATIONS = 200
 class KmapBench(GuestWorkload):
     name = "kmap"
     summary = ("kmap_atomic(KM_PTE2) + test_and_clear_bit + kunmap_atomic per kernel variant "
-               "(domain.md 2.2)")
+               "(docs/workloads.md, Kernel variants)")
     params = {
         **KERNEL_PARAMS,
         **COMMON_PARAMS,
@@ -51,9 +51,11 @@ class KmapBench(GuestWorkload):
     table_count: int
     iterations: int
 
+    quick_sizes = {"iterations": QUICK_ITERATIONS}
+
     def build(self, rng: random.Random) -> GuestRun:
         ntables = 1 if self.tables == "same" else self.table_count
-        iterations = self.quick_capped(self.iterations, QUICK_ITERATIONS)
+        iterations = self.iterations
         guest = Guest(self.pae, ntables * (PTES_PER_TABLE + 1) + 8, cpus=self.cpus)
         proc = guest.new_process()
         span = 1 << guest.mode.large_shift

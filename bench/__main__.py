@@ -134,20 +134,13 @@ def write_outputs(doc: dict[str, Any], out: str, charts: bool = True, jobs: int 
     return paths
 
 
-def write_charts(doc: dict[str, Any], out: str, jobs: int = 1) -> list[str]:
-    """Charts into OUT/charts (drawn by ``jobs`` processes), removing charts a previous run
-    left there."""
+def write_charts(doc: dict[str, Any], out: str, jobs: int = 1, **options: Any) -> list[str]:
+    """Charts into OUT/charts (drawn by ``jobs`` processes; ``options``: formats, width, only
+    of bench.charts.write_charts), removing charts a previous run left there."""
     from bench.plots import write_charts as draw
 
     folder = os.path.join(out, CHARTS_DIR)
-    paths = draw(doc, folder, jobs)
-    keep = {os.path.abspath(p) for p in paths}
-    if os.path.isdir(folder):
-        for name in os.listdir(folder):
-            path = os.path.abspath(os.path.join(folder, name))
-            if path not in keep and name.endswith((".png", ".svg")):
-                os.unlink(path)
-    return paths
+    return draw(doc, folder, jobs, **options) if options else draw(doc, folder, jobs)
 
 
 def execute(args: argparse.Namespace, experiment: exp.Experiment, out: str,
@@ -297,16 +290,22 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from bench import charts
     from bench.report import write_report
 
+    formats = charts.parse_formats(args.format)
+    only = [n.strip() for given in args.only or [] for n in given.split(",") if n.strip()] or None
     doc = results.load(args.results)
+    charts.select(doc, only)  # unknown names are refused before anything is written
     folder = args.out or _folder_of(args.results)
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise BenchError(f"--out {folder} exists and is not a folder")
     os.makedirs(folder, exist_ok=True)
     with Deferred():
-        paths = write_charts(doc, folder, os.cpu_count() or 1)
-        paths.append(write_report(doc, paths, folder))
+        paths = write_charts(doc, folder, os.cpu_count() or 1, formats=formats,
+                             width=args.width, only=only)
+        if only is None:
+            paths.append(write_report(doc, paths, folder))
     sys.stdout.write("".join(p + "\n" for p in paths))
     return 0
 
@@ -412,6 +411,14 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("results", metavar="RESULTS", help="results.json or its folder")
     p.add_argument("--out", metavar="DIR", help="folder for charts/ and report.md "
                                                 "(default: the results file's folder)")
+    p.add_argument("--format", default="pdf,svg,png", metavar="pdf,svg,png",
+                   help="the file formats to write, comma-separated (default: all three)")
+    p.add_argument("--width", default="full", choices=("column", "full"),
+                   help="figure width: column (3.3 in) or full (7 in, the default)")
+    p.add_argument("--only", action="append", metavar="NAME",
+                   help="only these charts (a chart name such as cycles-kscand, or a kind: "
+                        "cycles, traps, opt-ratio, sweep, sweep-ratio; repeatable or "
+                        "comma-separated); report.md is then left as it is")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("compare", help="policies against a baseline, paired by seed")

@@ -25,19 +25,27 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def code_digest() -> str:
-    """SHA-256 over the chart code's sources and the matplotlib version."""
-    if not _CODE:
-        import matplotlib
+def sources() -> list[str]:
+    """The files the charts are drawn by: every module of bench.charts and bench/costs.py."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    found = sorted(os.path.join(here, n) for n in os.listdir(here) if n.endswith(".py"))
+    return found + [os.path.join(os.path.dirname(here), "costs.py")]
 
-        here = os.path.dirname(os.path.abspath(__file__))
-        sources = sorted(os.path.join(here, n) for n in os.listdir(here) if n.endswith(".py"))
-        sources.append(os.path.join(os.path.dirname(here), "costs.py"))
-        h = hashlib.sha256(matplotlib.__version__.encode())
-        for path in sources:
-            with open(path, "rb") as handle:
-                h.update(os.path.basename(path).encode() + b"\0" + handle.read() + b"\0")
-        _CODE.append(h.hexdigest())
+
+def digest_of(paths: list[str], salt: str) -> str:
+    h = hashlib.sha256(salt.encode())
+    for path in paths:
+        with open(path, "rb") as handle:
+            h.update(os.path.basename(path).encode() + b"\0" + handle.read() + b"\0")
+    return h.hexdigest()
+
+
+def code_digest() -> str:
+    """SHA-256 over the chart code's sources and the matplotlib version (once per process)."""
+    if not _CODE:
+        from importlib.metadata import version
+
+        _CODE.append(digest_of(sources(), version("matplotlib")))
     return _CODE[0]
 
 

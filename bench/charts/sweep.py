@@ -114,15 +114,13 @@ def draw(doc: dict[str, Any], name: str, width: str):
     order = style.order_policies([(p, label) for label, (p, _) in lines.items()]
                                  + [(p, label) for label, (p, _) in constants.items()])
     x_lo, x_hi = position[xs_all[0]], position[xs_all[-1]]
-    from matplotlib.lines import Line2D
-
     for label in order:
         if label in lines:
             policy, points = lines[label]
             colour = style.policy_colour(policy, label)
             xs = [x for x in xs_all if x in points]
             if not xs:
-                handles.append(Line2D([], [], color="#999999", linestyle="none"))
+                handles.append(_na_handle())
                 labels.append(f"{label}: n/a")
                 continue
             spreads = [data.Spread.of(points[x]) for x in xs]
@@ -136,7 +134,7 @@ def draw(doc: dict[str, Any], name: str, width: str):
             policy, values = constants[label]
             colour = style.policy_colour(policy, label)
             if not values:
-                handles.append(Line2D([], [], color="#999999", linestyle="none"))
+                handles.append(_na_handle())
                 labels.append(f"{label}: n/a")
                 continue
             s = data.Spread.of(values)
@@ -167,6 +165,13 @@ def draw(doc: dict[str, Any], name: str, width: str):
     style.titles(fig, ax, f"{g.workload}: {what} against {g.param}",
                  data.caption(doc, records, "lines: mean, bands: min-max"), right)
     return fig
+
+
+def _na_handle():
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], linestyle="none", marker="x", markersize=3, markeredgewidth=0.7,
+                  color="#555555")
 
 
 def caption(doc: dict[str, Any], name: str) -> str:

@@ -159,6 +159,19 @@ def test_traps_chart_per_interval_with_the_workloads_own_words(doc):
     assert data.exits_per_interval(record) == [5, 7, 8]
 
 
+def test_many_intervals_are_steps_with_a_band_per_policy(tmp_path_factory):
+    long = _run(tmp_path_factory, "long", "run", "-p", "always-emulate", "-p", "always-unshadow",
+                "--set", "passes=9")
+    fig = charts.figure(long, "traps-tiny_passes_9", "full")
+    ax = fig.axes[0]
+    from matplotlib.patches import StepPatch
+
+    steps = [p for p in ax.patches if isinstance(p, StepPatch)]
+    assert len(steps) == 4  # a mean and a band per policy
+    assert not [p for p in ax.patches if type(p).__name__ == "Rectangle"]
+    assert ax.get_xlim() == (-0.5, 8.5)
+
+
 def test_headroom_above_the_tallest_bar(doc):
     fig = charts.figure(doc, "cycles-tiny", "full")
     ax = fig.axes[0]

@@ -118,6 +118,9 @@ def _draw(job: tuple[str, str, str, tuple[str, ...]]) -> dict[str, str]:
     """Draw one chart into its missing formats; returns {format: SHA-256 of the file}."""
     folder, name, width, formats = job
     fig = figure(_DOC[0], name, width)
+    fig.set_dpi(style.DPI)
+    fig.canvas.draw()  # lay out once at the output resolution, then keep that layout
+    fig.set_layout_engine("none")
     try:
         return {fmt: cache.file_digest(save(fig, folder, name, fmt)) or "" for fmt in formats}
     finally:

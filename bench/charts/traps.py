@@ -14,6 +14,7 @@ from bench.charts import data, style
 
 MAX_BAR_INTERVALS = 6
 LOG_SPAN = 100.0
+MAX_STEP_LABELS = 12
 
 
 def has_chart(records: list[data.Record]) -> bool:
@@ -33,7 +34,7 @@ def draw(doc: dict[str, Any], workload: str, width: str):
     spreads = [[data.Spread.of([data.exits_per_interval(r)[i] if i < len(phases) else
                                 data.exits_per_interval(r)[-1] for r in rs])
                 for i in range(count)] for _, _, rs in policies]
-    fig = style.figure(width, 3.0 if width == "full" else 2.3)
+    fig = style.figure(width, 3.0 if width == "full" else 2.5)
     ax = fig.add_subplot()
     nonzero = [s.low for row in spreads for s in row if s.low > 0]
     top = max([s.high for row in spreads for s in row] + [0.0])
@@ -59,15 +60,19 @@ def draw(doc: dict[str, Any], workload: str, width: str):
         ax.set_xlim(-0.5, count - 0.5)
         marks = "bars: mean, whiskers: min-max"
     else:
-        xs = list(range(1, count + 1))
+        edges = [i - 0.5 for i in range(count + 1)]
         for i, (label, name, _) in enumerate(policies):
             colour = style.policy_colour(name, label)
             row = spreads[i]
-            handles.append(ax.step(xs, [s.mean for s in row], where="mid", color=colour,
-                                   linewidth=1.0)[0])
-            ax.fill_between(xs, [s.low for s in row], [s.high for s in row], step="mid",
-                            color=colour, alpha=0.25, linewidth=0)
-        ax.set_xticks(xs, names, rotation=45, ha="right", rotation_mode="anchor")
+            handles.append(ax.stairs([s.mean for s in row], edges, baseline=None, color=colour,
+                                     linewidth=1.0))
+            ax.stairs([s.high for s in row], edges, baseline=[s.low for s in row], fill=True,
+                      color=colour, alpha=0.25, linewidth=0)
+        every = -(-count // MAX_STEP_LABELS)
+        ticks = list(range(0, count, every))
+        ax.set_xticks(ticks, [names[i] for i in ticks], rotation=45, ha="right",
+                      rotation_mode="anchor")
+        ax.set_xlim(edges[0], edges[-1])
         marks = "steps: mean, bands: min-max"
     if log:
         ax.set_yscale("symlog", linthresh=max(1.0, min(nonzero)), linscale=0.3)
@@ -82,6 +87,5 @@ def draw(doc: dict[str, Any], workload: str, width: str):
     ax.set_axisbelow(True)
     right = style.legend(fig, ax, handles, [label for label, _, _ in policies], width)
     style.titles(fig, ax, f"{workload}: {data.phase_title(records[0]['workload'])}",
-                 data.caption(doc, records, f"{marks} over seeds; "
-                                            f"{data.phase_note(records[0]['workload'])}"), right)
+                 data.caption(doc, records, marks), right)
     return fig

@@ -279,16 +279,22 @@ def headroom(ax, top: float, bottom: float = 0.0, factor: float = 1.08) -> None:
 
 def ratio_ticks(low: float, high: float) -> list[float]:
     """Ticks for a log ratio axis spanning [low, high] that read naturally: 1, 2, 5, 10, ...
-    (with 1.1, 1.2, 1.5 too when the range is short), always including 1 when in range."""
+    (with 1.1, 1.2, 1.5, 3 too when the range is short), always including 1 when in range and
+    leaving out a tick too close (under 12% of the axis) to the one below it."""
     steps = [1.0, 2.0, 5.0] if high / max(low, 1e-12) > 4 else [1.0, 1.1, 1.2, 1.5, 2.0, 3.0, 5.0]
-    ticks = []
+    candidates = set()
     for exponent in range(math.floor(math.log10(max(low, 1e-12))) - 1,
                           math.ceil(math.log10(high)) + 1):
         for s in steps:
-            t = s * 10.0 ** exponent
+            t = round(s * 10.0 ** exponent, 6)
             if low <= t <= high:
-                ticks.append(t)
-    return sorted(set(round(t, 6) for t in ticks))
+                candidates.add(t)
+    gap = 0.12 * math.log(high / max(low, 1e-12))
+    ticks = [1.0] if low <= 1.0 <= high else []
+    for t in sorted(candidates):
+        if all(abs(math.log(t / k)) >= gap for k in ticks):
+            ticks.append(t)
+    return sorted(ticks)
 
 
 def ratio_text(value: float) -> str:

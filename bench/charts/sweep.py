@@ -148,7 +148,7 @@ def draw(doc: dict[str, Any], name: str, width: str):
         lows += [s.low for s in spreads]
     if kind == "ratio":
         ratio.axis(ax, min(lows + [1.0]), max(highs + [1.0]))
-        ax.set_ylabel("decision cycles / optimum's")
+        ax.set_ylabel("decision cycles / optimum's (1x: optimal)")
         what = "ratio to the offline optimum"
     else:
         style.headroom(ax, max(highs + [0.0]))

@@ -11,12 +11,12 @@ options are unchanged is not drawn again (bench.charts.cache). Nothing here runs
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Iterable
 from typing import Any
 
 from bench.charts import cache, cycles, ratio, style, sweep, traps
+from bench.charts.data import slug
 from bench.errors import BenchError
 from bench.files import atomic_write
 
@@ -24,11 +24,6 @@ FORMATS = style.FORMATS
 WIDTHS = tuple(style.WIDTHS)
 KINDS = ("cycles", "traps", "opt-ratio", "sweep", "sweep-ratio")
 CHART_SUFFIXES = tuple(f".{f}" for f in FORMATS)
-
-
-def slug(text: str) -> str:
-    """A file-name-safe form of a label."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "chart"
 
 
 def chart_names(doc: dict[str, Any]) -> list[str]:

@@ -45,7 +45,7 @@ def draw(doc: dict[str, Any], workload: str, width: str):
     style.mark_families(ax, [name for _, name, _ in policies])
     ax.grid(axis="y", alpha=0.3, linewidth=0.4)
     ax.set_axisbelow(True)
-    right = style.legend(fig, ax, handles[::-1], labels[::-1], width)
+    right = style.legend(fig, handles[::-1], labels[::-1], width)
     style.titles(fig, ax, f"{workload}: cycles by cause",
                  data.caption(doc, records, "bars: mean, whiskers: min-max of the total"), right)
     return fig

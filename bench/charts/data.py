@@ -3,6 +3,7 @@ spreads (mean, min, max), the exits between MARKs, short configuration captions.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +19,15 @@ class Spread:
     mean: float
     low: float
     high: float
-    seeds: int
 
     @staticmethod
     def of(values: list[float]) -> "Spread":
-        return Spread(sum(values) / len(values), min(values), max(values), len(values))
+        return Spread(sum(values) / len(values), min(values), max(values))
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a label."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "chart"
 
 
 def whiskers(spreads: list[Spread]) -> list[list[float]]:

@@ -85,7 +85,7 @@ def draw(doc: dict[str, Any], width: str):
                       rotation=40, ha="right", rotation_mode="anchor")
     ax.set_xlim(-0.5, len(workloads) - 0.5)
     ax.set_ylabel("decision cycles / optimum's (1x: optimal)")
-    right = style.legend(fig, ax, handles, labels, width)
+    right = style.legend(fig, handles, labels, width)
     style.titles(fig, ax, "Ratio to the offline optimum",
                  data.caption(doc, records, "bars: mean, whiskers: min-max"), right)
     return fig

@@ -240,19 +240,19 @@ def wrap(fig, text: str, width_pt: float, size: float = MIN_FONT_PT, bold: bool 
     return "\n".join(lines)
 
 
-def legend(fig, ax, handles: list, labels: list[str], width: str, title: str | None = None) -> float:
+def legend(fig, handles: list, labels: list[str], width: str) -> float:
     """The legend outside the axes: at the right of a full-width figure; below a column one, in
     as many columns as its longest label leaves room for (the figure grows by its rows).
     Returns the width in points it takes from the right of the figure."""
     entry = max((text_width(fig, label) for label in labels), default=0.0) + LEGEND_HANDLE_PT
     if width == "full":
-        fig.legend(handles, labels, loc="outside right upper", title=title, ncols=1,
+        fig.legend(handles, labels, loc="outside right upper", ncols=1,
                    handlelength=1.4, alignment="left")
         return entry + 4
     columns = max(1, min(len(labels), int((fig.get_figwidth() * 72 - 6) // entry)))
     rows = -(-len(labels) // columns)
     fig.set_figheight(fig.get_figheight() + rows * LEGEND_ROW_IN)
-    fig.legend(handles, labels, loc="outside lower center", title=title, ncols=columns,
+    fig.legend(handles, labels, loc="outside lower center", ncols=columns,
                handlelength=1.4, columnspacing=0.8)
     return 0.0
 
@@ -272,9 +272,9 @@ AXES_LEFT_PT = 40.0
 """Room the y axis's label and tick labels take left of the axes (the caption starts there)."""
 
 
-def headroom(ax, top: float, bottom: float = 0.0, factor: float = 1.08) -> None:
-    """y limits from ``bottom`` to ``factor`` times the tallest mark (never touching the frame)."""
-    ax.set_ylim(bottom, top * factor if top > 0 else 1.0)
+def headroom(ax, top: float, factor: float = 1.08) -> None:
+    """y limits from 0 to ``factor`` times the tallest mark (which so never touches the frame)."""
+    ax.set_ylim(0, top * factor if top > 0 else 1.0)
 
 
 def ratio_ticks(low: float, high: float) -> list[float]:

@@ -29,12 +29,6 @@ class Group:
     constant: list[data.Record] = field(default_factory=list)
 
 
-def _slug(text: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
-
-
 def groups(doc: dict[str, Any]) -> list[Group]:
     grid = doc["meta"]["experiment"].get("grid") or {}
     out: list[Group] = []
@@ -61,7 +55,7 @@ def groups(doc: dict[str, Any]) -> list[Group]:
                 continue
             name = wl.partition("[")[0]
             per_name[name] = per_name.get(name, 0) + 1
-            g.stem = f"{_slug(param)}-{_slug(name)}" + (
+            g.stem = f"{data.slug(param)}-{data.slug(name)}" + (
                 f"-{per_name[name]}" if per_name[name] > 1 else "")
             out.append(g)
     return out
@@ -161,7 +155,7 @@ def draw(doc: dict[str, Any], name: str, width: str):
         ax.set_xlim(x_lo - 0.5, x_hi + 0.5)
     ax.set_xlabel(f"{g.param} ({g.scope} parameter)")
     records = g.swept + g.constant
-    right = style.legend(fig, ax, handles, labels, width)
+    right = style.legend(fig, handles, labels, width)
     style.titles(fig, ax, f"{g.workload}: {what} against {g.param}",
                  data.caption(doc, records, "lines: mean, bands: min-max"), right)
     return fig

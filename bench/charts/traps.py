@@ -85,7 +85,7 @@ def draw(doc: dict[str, Any], workload: str, width: str):
     ax.set_ylabel("VM exits")
     ax.grid(axis="y", alpha=0.3, linewidth=0.4)
     ax.set_axisbelow(True)
-    right = style.legend(fig, ax, handles, [label for label, _, _ in policies], width)
+    right = style.legend(fig, handles, [label for label, _, _ in policies], width)
     style.titles(fig, ax, f"{workload}: {data.phase_title(records[0]['workload'])}",
                  data.caption(doc, records, marks), right)
     return fig

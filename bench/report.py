@@ -18,7 +18,7 @@ COLUMNS = ("policy", "exits", "pte writes emulated", "unshadows", "shadow pages 
 
 
 def _spread(values: list[float], digits: int, suffix: str = "") -> str:
-    """``mean (min-max)``, or the value alone when every seed gives the same."""
+    """``mean (min-max)``, or the value alone when the min and the max round the same."""
     if not values:
         return "-"
     mean = sum(values) / len(values)
@@ -44,7 +44,7 @@ def summary_table(records: list[dict[str, Any]]) -> str:
             _spread([r["counters"].get("mmu_pte_write", 0) for r in rs], 0),
             _spread([stats.unshadows(r["counters"]) for r in rs], 0),
             _spread([r["counters"].get("mmu_cache_miss", 0) for r in rs], 0),
-            _spread([r["cycles"] / 1e6 for r in rs], 1),
+            _spread([r["cycles"] / 1e6 for r in rs], 2),
             _spread([r["overhead"] for r in rs if r["overhead"] is not None], 2, "x"),
             _spread([r["opt_ratio"] for r in rs if r["opt_ratio"] is not None], 3),
         ])
@@ -147,7 +147,8 @@ def report_text(doc: dict[str, Any], charts: list[str], folder: str) -> str:
     ]
     lines += [f"- note: {n}" for n in meta.get("notes", [])]
     lines += ["", f"Each cell is the mean over seeds with, in brackets, the min-max over {seeds} "
-              f"seed{'s' if seeds != 1 else ''} (the value alone where every seed gives the same). "
+              f"seed{'s' if seeds != 1 else ''} (the value alone where the min and the max round to "
+              "the same). "
               "Rows are ordered by mean cycles, cheapest first. Overhead is simulated cycles over "
               "native cycles; opt ratio is the cycles of the policy's decisions over the offline "
               "optimum's (`-` outside the optimum's model).", ""]

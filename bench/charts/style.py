@@ -9,7 +9,8 @@ colour in every chart whichever others are present:
   "Colour Schemes", SRON/EPS/TN/09-002), one colour each, plus a hatch per family (none for
   KVM, ``//`` for Xen, ``..`` for the later answers and bounds) as a second cue;
 - a policy label with parameters (``flood-count[variant=2.6.27]``) takes its policy's colour,
-  lightened or darkened by a step chosen from the label's SHA-256;
+  lightened or darkened by a step chosen from the label's SHA-256, and on lines a marker
+  chosen likewise (the policy itself: a circle);
 - any other policy name (a third-party plug-in) takes a colour of Tol's "light" scheme chosen
   from the name's SHA-256, with the ``xx`` hatch.
 
@@ -117,6 +118,17 @@ def policy_colour(name: str, label: str | None = None) -> str:
     if label is None or label == name:
         return base
     return _shade(base, VARIANT_SHADES[_digest(label) % len(VARIANT_SHADES)])
+
+
+VARIANT_MARKERS: tuple[str, ...] = ("s", "^", "D", "v", "P", "X")
+
+
+def policy_marker(name: str, label: str | None = None) -> str:
+    """The marker of a policy's line: a circle for the policy itself, for a parameterised label
+    one chosen from the label's SHA-256 (a second cue besides its shade)."""
+    if label is None or label == name:
+        return "o"
+    return VARIANT_MARKERS[_digest(label + "/marker") % len(VARIANT_MARKERS)]
 
 
 def policy_hatch(name: str) -> str:

@@ -119,8 +119,8 @@ def draw(doc: dict[str, Any], name: str, width: str):
                 continue
             spreads = [data.Spread.of(points[x]) for x in xs]
             px = [position[x] for x in xs]
-            handles.append(ax.plot(px, [s.mean for s in spreads], marker="o", markersize=3,
-                                   color=colour, linewidth=1.0)[0])
+            handles.append(ax.plot(px, [s.mean for s in spreads], markersize=3.5, color=colour,
+                                   marker=style.policy_marker(policy, label), linewidth=1.0)[0])
             ax.fill_between(px, [s.low for s in spreads], [s.high for s in spreads],
                             color=colour, alpha=0.2, linewidth=0)
             labels.append(label)

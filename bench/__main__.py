@@ -300,7 +300,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     folder = args.out or _folder_of(args.results)
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise BenchError(f"--out {folder} exists and is not a folder")
-    os.makedirs(folder, exist_ok=True)
+    charts_folder = os.path.join(folder, CHARTS_DIR)
+    try:
+        os.makedirs(charts_folder, exist_ok=True)
+    except OSError as err:
+        raise BenchError(f"cannot create the charts folder {charts_folder}: {err.strerror}") from None
+    if not all(os.access(f, os.W_OK) for f in (folder, charts_folder)):
+        raise BenchError(f"cannot write to {charts_folder}: not writable")
     with Deferred():
         paths = write_charts(doc, folder, os.cpu_count() or 1, formats=formats,
                              width=args.width, only=only)

@@ -317,6 +317,15 @@ def test_plot_options_are_validated_before_anything_is_written(doc, tmp_path, op
     assert not out.exists()
 
 
+def test_plot_into_an_impossible_folder_is_one_line(doc, tmp_path):
+    folder = _results_folder(doc, tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = bench("plot", folder, "--out", str(blocker / "sub"), charts=True)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "cannot create the charts folder" in r.stderr
+
+
 def test_plot_formats_width_and_only(doc, tmp_path):
     folder = _results_folder(doc, tmp_path)
     r = bench("plot", folder, "--format", "svg,png", "--width", "column", charts=True)

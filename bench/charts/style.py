@@ -291,9 +291,13 @@ def headroom(ax, top: float, factor: float = 1.08) -> None:
 
 def ratio_ticks(low: float, high: float) -> list[float]:
     """Ticks for a log ratio axis spanning [low, high] that read naturally: 1, 2, 5, 10, ...
-    (with 1.1, 1.2, 1.5, 3 too when the range is short), always including 1 when in range and
-    leaving out a tick too close (under 12% of the axis) to the one below it."""
-    steps = [1.0, 2.0, 5.0] if high / max(low, 1e-12) > 4 else [1.0, 1.1, 1.2, 1.5, 2.0, 3.0, 5.0]
+    (with 1.1, 1.2, 1.5, 3 too when that gives fewer than four), always including 1 when in
+    range and leaving out a tick too close (under 12% of the axis) to the one below it."""
+    ticks = _ticks(low, high, (1.0, 2.0, 5.0))
+    return ticks if len(ticks) >= 4 else _ticks(low, high, (1.0, 1.1, 1.2, 1.5, 2.0, 3.0, 5.0))
+
+
+def _ticks(low: float, high: float, steps: tuple[float, ...]) -> list[float]:
     candidates = set()
     for exponent in range(math.floor(math.log10(max(low, 1e-12))) - 1,
                           math.ceil(math.log10(high)) + 1):

@@ -131,25 +131,19 @@ def write_outputs(doc: dict[str, Any], out: str, charts: bool = True, jobs: int 
     return paths
 
 
-def write_charts(doc: dict[str, Any], out: str, jobs: int = 1) -> list[str]:
-    """Charts into OUT/charts (drawn by ``jobs`` processes), removing charts a previous run
-    left there."""
+def write_charts(doc: dict[str, Any], out: str, jobs: int = 1, **options: Any) -> list[str]:
+    """Charts into OUT/charts (drawn by ``jobs`` processes; ``options``: formats, width, only
+    of bench.charts.write_charts), removing charts a previous run left there."""
     from bench.plots import write_charts as draw
     from bench.runner import clean_temporaries
 
     folder = os.path.join(out, CHARTS_DIR)
     clean_temporaries(folder)  # what a killed drawing left
     try:
-        paths = draw(doc, folder, jobs)
+        # bench.charts removes the chart files of other names or formats a previous run left
+        return draw(doc, folder, jobs, **options) if options else draw(doc, folder, jobs)
     finally:
         clean_temporaries(folder)
-    keep = {os.path.abspath(p) for p in paths}
-    if os.path.isdir(folder):
-        for name in os.listdir(folder):
-            path = os.path.abspath(os.path.join(folder, name))
-            if path not in keep and name.endswith((".png", ".svg")):
-                os.unlink(path)
-    return paths
 
 
 FAILURE_TXT = "failure.txt"
@@ -411,15 +405,28 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from bench import charts
     from bench.report import write_report
 
+    formats = charts.parse_formats(args.format)
+    only = [n.strip() for given in args.only or [] for n in given.split(",") if n.strip()] or None
     doc = results.load(args.results)
+    charts.select(doc, only)  # unknown names are refused before anything is written
     folder = args.out if args.out is not None else _folder_of(args.results)
     outputs.check_folder(folder)
+    charts_folder = os.path.join(folder, CHARTS_DIR)
+    try:
+        os.makedirs(charts_folder, exist_ok=True)
+    except OSError as err:
+        raise BenchError(f"cannot create the charts folder {charts_folder}: {err.strerror}") from None
+    if not all(os.access(f, os.W_OK) for f in (folder, charts_folder)):
+        raise BenchError(f"cannot write to {charts_folder}: not writable")
     with outputs.locked(folder):
         with Deferred():
-            paths = write_charts(doc, folder, os.cpu_count() or 1)
-            paths.append(write_report(doc, paths, folder))
+            paths = write_charts(doc, folder, os.cpu_count() or 1, formats=formats,
+                                 width=args.width, only=only)
+            if only is None:
+                paths.append(write_report(doc, paths, folder))
     sys.stdout.write("".join(p + "\n" for p in paths))
     return 0
 
@@ -589,10 +596,19 @@ def create_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
 
     p = verb("plot", "redraw the charts and report.md from a results file",
              "Draw the charts and report.md again from results.json alone (nothing simulated).",
-             "results/latest", "results/latest/results.json --out /tmp/charts")
+             "results/latest", "results/latest/results.json --out /tmp/charts --width column "
+             "--format pdf")
     p.add_argument("results", metavar="RESULTS", type=nonempty, help="results.json or its folder")
     p.add_argument("--out", metavar="DIR", type=nonempty,
                    help="folder for charts/ and report.md (default: the results file's folder)")
+    p.add_argument("--format", default="pdf,svg,png", metavar="pdf,svg,png", type=nonempty,
+                   help="the file formats to write, comma-separated (default: all three)")
+    p.add_argument("--width", default="full", choices=("column", "full"),
+                   help="figure width: column (3.3 in) or full (7 in, the default)")
+    p.add_argument("--only", action="append", metavar="NAME", type=nonempty,
+                   help="only these charts (a chart name such as cycles-kscand, or a kind: "
+                        "cycles, traps, opt-ratio, sweep, sweep-ratio; repeatable or "
+                        "comma-separated); report.md is then left as it is")
     p.set_defaults(func=cmd_plot)
 
     p = verb("compare", "policies against a baseline, paired by seed",

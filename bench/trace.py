@@ -148,6 +148,9 @@ def parse_op(line: str, where: str, cpus: int) -> tuple:
         raise BenchError(f"{where}: {what} {op[2]:#x} does not fit in 32 bits")
     if kind == COMPUTE and op[3] > MAX_COMPUTE:
         raise BenchError(f"{where}: compute {op[3]} is above the maximum {MAX_COMPUTE} cycles")
+    if kind == COMPUTE and op[4] > MAX_COMPUTE:
+        raise BenchError(f"{where}: compute of {op[4]} instructions is above the maximum "
+                         f"{MAX_COMPUTE}")
     if kind == MARK and op[3] > MAX_PHASE:
         raise BenchError(f"{where}: mark phase {op[3]} is above the maximum {MAX_PHASE}")
     try:

@@ -126,6 +126,22 @@ def _image(name: str, path: str, folder: str, doc: dict[str, Any]) -> list[str]:
             ""]
 
 
+def policies_table(records: list[dict[str, Any]]) -> list[str]:
+    """Every policy label with all its parameters, defaults included, so a row says which
+    release and rule it ran (e.g. xen-batch's Xen ``version``, flood-count's ``variant``)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for r in records:
+        seen.setdefault(r["policy_label"], r["policy_params"])
+    if not seen:
+        return []
+    out = ["| policy | parameters (defaults included) |", "|---|---|"]
+    for label, params in seen.items():
+        text = ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                         for k, v in sorted(params.items())) or "-"
+        out.append(f"| {label} | {text} |")
+    return ["## Policies", "", *out, ""]
+
+
 def report_text(doc: dict[str, Any], charts: list[str], folder: str) -> str:
     from bench.charts import slug
 
@@ -155,6 +171,7 @@ def report_text(doc: dict[str, Any], charts: list[str], folder: str) -> str:
               "Rows are ordered by mean cycles, cheapest first. Overhead is simulated cycles over "
               "native cycles; opt ratio is the cycles of the policy's decisions over the offline "
               "optimum's (`-` outside the optimum's model).", ""]
+    lines += policies_table(doc["records"])
     images = _embedded(charts)
     by_workload: dict[str, list[dict[str, Any]]] = {}
     for r in doc["records"]:

@@ -279,3 +279,15 @@ def test_not_present_pdpte_bypasses(spec, expected):
     before = run(m, [])
     after = run(m, [O.load(0, 0x40000000)])
     assert _delta(before, after, "exits", "pf_bypassed") == expected
+
+
+def test_report_names_every_policy_parameter():
+    """A published row must say which release it ran: report.md lists every policy's parameters,
+    defaults included (xen-batch's version, flood-count's variant)."""
+    from bench.report import policies_table
+
+    records = [{"policy_label": "xen-batch", "policy_params": {"version": "3.3.1", "extra": 4}},
+               {"policy_label": "flood-count", "policy_params": {"variant": "2.6.26"}}]
+    text = "\n".join(policies_table(records))
+    assert "| xen-batch | extra=4, version=3.3.1 |" in text
+    assert "| flood-count | variant=2.6.26 |" in text

@@ -24,6 +24,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from bench._compiled import COMPILED
 from bench.errors import BenchError
 
 PACKAGES: tuple[str, ...] = ("bench", "policies", "workloads")
@@ -76,6 +77,10 @@ def class_digest(cls: type) -> str:
     the sources of the package that defines it (its top-level package folder, or its single
     module) when it lives outside the project's packages (a third-party or test class)."""
     core = core_digest()
+    if cls.__module__ in COMPILED:
+        # a core module served by the compiled build: bench._compiled uses a build only when its
+        # manifest records the SHA-256 of exactly these sources, which core_digest hashes
+        return core
     module = sys.modules.get(cls.__module__)
     filename = getattr(module, "__file__", None)
     if not filename:

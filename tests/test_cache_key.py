@@ -222,3 +222,22 @@ def test_a_full_disk_while_storing_a_cell_is_one_line(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err.splitlines()
     assert rc == 2 and len(err) == 1
     assert err[0].startswith("bench: error: cannot write ") and "No space left" in err[0]
+
+
+def test_a_compiled_core_module_has_the_core_digest(monkeypatch, tmp_path):
+    """A built-in policy served by the compiled build has its __file__ in site-packages (an
+    extension module); its digest must still be the core digest, or compiled and pure runs of
+    the same sources would name their cells differently (found by CI's compiled-vs-pure test)."""
+    import sys
+
+    from bench import fingerprint
+    from policies.flood_count import FloodCount
+
+    module = sys.modules[FloodCount.__module__]
+    monkeypatch.setattr(module, "__file__", str(tmp_path / "site-packages" / "policies" /
+                                                "flood_count.cpython-311-x86_64-linux-gnu.so"))
+    fingerprint.class_digest.cache_clear()
+    try:
+        assert fingerprint.class_digest(FloodCount) == fingerprint.core_digest()
+    finally:
+        fingerprint.class_digest.cache_clear()

@@ -119,7 +119,7 @@ def record(scenario_name: str, kernel: str, out: Path, work: Path | None = None,
         run = qemu.boot(run_dir, kernel_pkg.root / "boot" / f"vmlinuz-{release}", initrd, plugin,
                         pae=kernel == "686-pae", icount=icount, timeout=timeout,
                         progress=progress)
-        header = _header(scenario, kernel, kernel_pkg, busybox, run, icount)
+        header = _header(scenario, kernel, kernel_pkg, busybox, run, icount, work, run_dir)
         step(f"guest done in {run.seconds:.0f} s; writing {out}")
         with open(run.events, "rb") as body:
             size = format.write_recording(out, header, body)
@@ -132,7 +132,9 @@ def record(scenario_name: str, kernel: str, out: Path, work: Path | None = None,
 
 
 def _header(scenario: Scenario, kernel: str, kernel_pkg: fetch.Package, busybox: fetch.Package,
-            run: qemu.GuestRun, icount: bool) -> dict[str, Any]:
+            run: qemu.GuestRun, icount: bool, work: Path, run_dir: Path) -> dict[str, Any]:
+    """The recording's header; the QEMU command names the work directory $WORK and the run's
+    own directory $RUN."""
     sec = run.sections
     if sec.get("scenario.rc") != "0":
         last = (sec.get("scenario", "").strip().splitlines() or ["no output"])[-1]
@@ -166,7 +168,7 @@ def _header(scenario: Scenario, kernel: str, kernel_pkg: fetch.Package, busybox:
             "scenario_settings": scenario.settings, "guest_memory_mb": qemu.MEMORY_MB,
             "vcpus": 1, "icount": icount, "deterministic": icount,
             "guest_cmdline": sec.get("cmdline", "").strip(),
-            "qemu_command": [Path(a).name if "/" in a and not a.startswith("-") else a
+            "qemu_command": [a.replace(str(run_dir), "$RUN").replace(str(work), "$WORK")
                              for a in run.command],
             "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "wall_seconds": round(run.seconds, 1),

@@ -41,14 +41,6 @@ def _proof_fork(before: Vmstat, after: Vmstat, out: dict[str, str]) -> dict[str,
     return proof
 
 
-def _proof_demand(before: Vmstat, after: Vmstat, out: dict[str, str]) -> dict[str, int]:
-    pages = int(out.get("bytes", "0")) // 4096
-    proof = {"pages": pages, "pgfault": _delta(before, after, "pgfault")}
-    if pages <= 0 or proof["pgfault"] < pages:
-        raise ScenarioFailed(f"scenario demand-paging faulted fewer pages than it touched ({proof})")
-    return proof
-
-
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -68,8 +60,6 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              {"SB_MB": "16", "SB_LIMIT_MB": "8", "SB_PASSES": "2"}, _proof_reclaim, swap=True),
     Scenario("fork-exit", "a parent forks children one at a time; each writes its pages and exits",
              "fork-exit.sh", ("fork-exit",), {"SB_CHILDREN": "16", "SB_KB": "1024"}, _proof_fork),
-    Scenario("demand-paging", "touch each page of a fresh anonymous mapping once, then unmap it",
-             "demand-paging.sh", ("touch", "unmap"), {"SB_MB": "32"}, _proof_demand),
 )}
 
 

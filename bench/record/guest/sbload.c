@@ -6,7 +6,6 @@
  *                                memory.max, reclaim and swap it)
  *   sbload fork-exit N KB        touch KB of anonymous memory, then fork N children one at a time;
  *                                each writes every page (copy-on-write) and exits (phase 1)
- *   sbload demand-paging MB      map MB and touch each page once (phase 1), unmap (phase 2)
  *
  * Phases are marked by a store to MARK_VA + 8 * phase (the recorder's plugin watches that page);
  * phase 0 ends the recording. Prints what it did, one "key=value" line each.
@@ -81,17 +80,6 @@ int main(int argc, char **argv)
         mark(0);
         printf("scenario=fork-exit\nchildren=%d\nchildren_ok=%d\nbytes=%lu\n", n, done, bytes);
         return done == n ? 0 : 1;
-    }
-    if (!strcmp(argv[1], "demand-paging") && argc == 3) {
-        unsigned long bytes = strtoul(argv[2], NULL, 0) << 20;
-        mark(1);
-        char *p = map(bytes);
-        touch(p, bytes, 1);
-        mark(2);
-        munmap(p, bytes);
-        mark(0);
-        printf("scenario=demand-paging\nbytes=%lu\n", bytes);
-        return 0;
     }
     fprintf(stderr, "sbload: unknown scenario or arguments: %s\n", argv[1]);
     return 2;

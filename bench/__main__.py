@@ -646,7 +646,14 @@ def create_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH|-", type=nonempty,
                    help="write the re-priced document (- = stdout)")
     p.set_defaults(func=cmd_reprice)
+    _add_recording_verbs(sub)
     return parser
+
+
+def _add_recording_verbs(sub: argparse._SubParsersAction) -> None:
+    """`record` and `inspect` (real guests; bench/record/)."""
+    from bench.record.cli import add_record_verbs
+    add_record_verbs(sub)
 
 
 def _stat_options(p: argparse.ArgumentParser) -> None:

@@ -43,3 +43,16 @@ def test_the_docs_cite_only_documents_in_the_project():
         assert "../shared" not in text and "../seed" not in text, name
         cited = [ref for ref in re.findall(r"docs/[\w.-]+\.md", text)]
         assert all(os.path.isfile(os.path.join(ROOT, ref)) for ref in cited), name
+
+
+def test_every_package_folder_is_installed():
+    """pip installs only the packages pyproject.toml lists: a subpackage missing there works from
+    the checkout and breaks an installed copy (bench.charts was missing once)."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {p.parent.relative_to(root).as_posix().replace("/", ".")
+             for top in ("bench", "policies", "workloads") for p in (root / top).rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

@@ -55,3 +55,18 @@ def has_policies(*names: str) -> bool:
     except Exception:
         return False
     return all(n in known for n in names)
+
+
+def processes_naming(text: str) -> list[int]:
+    """Processes whose command line contains ``text`` (a run and the workers it forked)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if text.encode() in handle.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found

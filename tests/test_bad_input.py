@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _tiny_workload  # noqa: E402
-from _harness_util import ROOT, TINY_MAIN, bench, env  # noqa: E402
+from _harness_util import ROOT, TINY_MAIN, bench, env, processes_naming  # noqa: E402
 
 from bench.__main__ import main  # noqa: E402
 
@@ -230,19 +230,6 @@ def test_sigint_while_drawing_charts_stops_only_the_charts(tmp_path, monkeypatch
     assert os.listdir(out / "charts") == []  # the temporary file is gone
 
 
-def _processes_naming(text: str) -> list[int]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                    if text.encode() in handle.read():
-                        found.append(int(pid))
-            except OSError:
-                pass
-    return found
-
-
 def _listing(folder: str) -> dict[str, int]:
     try:
         return {n: os.stat(os.path.join(folder, n)).st_mtime_ns for n in os.listdir(folder)}
@@ -264,7 +251,7 @@ def test_sigkill_of_the_run_leaves_no_worker_and_no_write_after(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     time.sleep(0.5)
-    assert _processes_naming(out) == [], "workers outlived the killed run"
+    assert processes_naming(out) == [], "workers outlived the killed run"
     after = _listing(cells)
     time.sleep(1.5)
     assert _listing(cells) == after, "a cell was written after the run was killed"
@@ -288,7 +275,7 @@ def test_sighup_stops_the_run_cleanly(tmp_path):
     assert proc.returncode == 128 + signal.SIGHUP, stderr
     assert stderr.splitlines()[-1].startswith("bench: interrupted by SIGHUP")
     time.sleep(0.3)
-    assert _processes_naming(out) == []
+    assert processes_naming(out) == []
     assert json.loads(Path(out, "results.json").read_text())["complete"] is False
 
 

@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _tiny_workload  # noqa: E402
-from _harness_util import TINY_MAIN, bench, env, stable_bytes  # noqa: E402
+from _harness_util import TINY_MAIN, bench, env, processes_naming, stable_bytes  # noqa: E402
 
 import bench as bench_pkg  # noqa: E402
 from bench import experiment, results, runner  # noqa: E402
@@ -48,21 +48,6 @@ def test_results_identical_whatever_the_job_count_and_on_reuse(tmp_path):
     assert stable_bytes(str(tmp_path / "a" / "results.json")) == first
 
 
-def _workers_of(out_dir: str) -> list[int]:
-    """Processes whose command line names ``out_dir`` (the run and its forked workers)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                if out_dir.encode() in handle.read():
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
-
-
 @pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_keeps_cells_marks_partial_and_resumes(tmp_path, signum, status):
     out = str(tmp_path / "run")
@@ -82,7 +67,7 @@ def test_interrupt_keeps_cells_marks_partial_and_resumes(tmp_path, signum, statu
     assert len(lines) == 1 and lines[0].startswith(f"bench: interrupted by {signal.Signals(signum).name}")
     assert "rerun the same command to resume" in lines[0]
     time.sleep(0.2)
-    assert _workers_of(out) == [], "worker processes were left running"
+    assert processes_naming(out) == [], "worker processes were left running"
     doc = results.load(out)
     assert doc["complete"] is False
     assert doc["meta"]["cells_done"] < doc["meta"]["cells_expected"] == 4

@@ -12,6 +12,7 @@ again. Closing cancels every task and, for a LocalCluster, ends its worker proce
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from bench.errors import BenchError
@@ -66,15 +67,14 @@ class DaskExecutor:
         from bench.runner import CellFailed
 
         if not self.pending:
-            import time
-
             time.sleep(min(timeout, 0.05))
             return []
-        try:
-            done, _ = self.distributed.wait(list(self.pending), timeout=timeout,
-                                            return_when="FIRST_COMPLETED")
-        except (TimeoutError, getattr(self.distributed, "TimeoutError", TimeoutError)):
-            return []
+        deadline = time.monotonic() + timeout
+        while True:
+            done = [future for future in self.pending if future.done()]
+            if done or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
         out: list[Result] = []
         for future in done:
             token = self.pending.pop(future)

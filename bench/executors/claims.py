@@ -8,7 +8,7 @@ for its file to appear. A claim expires when its heartbeat is older than ``EXPIR
 owner is gone or hung, on any host), or at once when its owner ran on this host and that process
 no longer exists; an expired claim is taken over under an exclusive lock on
 ``OUT/cells/.claims.lock``, so two runs never both take it. The claim is removed once the cell's
-file is stored, or when the run stops.
+file is stored, or when the run stops; a run that ends removes the expired claims it finds.
 """
 
 from __future__ import annotations
@@ -156,3 +156,23 @@ class Claims:
                 os.unlink(self.path(digest))
             except OSError:
                 pass
+        self.remove_expired()
+
+    def remove_expired(self) -> None:
+        """Remove the expired claims of runs that are gone (on cells they never finished, or
+        finished just before they were killed)."""
+        try:
+            names = [n for n in os.listdir(self.cells_dir) if n.endswith(SUFFIX)]
+        except OSError:
+            return
+        if not names:
+            return
+        with open(os.path.join(self.cells_dir, LOCK_NAME), "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            for name in names:
+                digest = name[:-len(SUFFIX)]
+                if self.expired(digest):
+                    try:
+                        os.unlink(self.path(digest))
+                    except OSError:
+                        pass

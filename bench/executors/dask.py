@@ -33,7 +33,7 @@ class DaskExecutor:
             if choice.kind == "dask-local":
                 self.cluster = distributed.LocalCluster(
                     n_workers=choice.workers, threads_per_worker=1, processes=True,
-                    dashboard_address=None, memory_limit=0, silence_logs=logging.ERROR)
+                    dashboard_address=None, memory_limit=0, silence_logs=logging.CRITICAL)
                 self.client = distributed.Client(self.cluster, set_as_default=False)
                 self.description = f"dask LocalCluster ({choice.workers} workers)"
             else:
@@ -47,7 +47,7 @@ class DaskExecutor:
                              f"({' '.join(str(err).split()) or type(err).__name__})"
                              if choice.address else
                              f"--dask: cannot start {where} ({err})") from None
-        logging.getLogger("distributed").setLevel(logging.ERROR)
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
 
     def slots(self) -> int:
         try:

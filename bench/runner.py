@@ -539,7 +539,7 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
     waiting: list[Cell] = []
     try:
         if executor is None:
-            parallel = max(1, min(jobs, len(groups_of(todo, 1))))
+            parallel = max(1, min(jobs, len(groups_of(todo, jobs))))
             executor = Inline() if parallel <= 1 else Pool(parallel)
         queue.extend(groups_of(todo, max(1, executor.slots() // 2), weights))
         token = 0

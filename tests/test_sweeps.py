@@ -314,3 +314,31 @@ def test_an_unreachable_scheduler_is_one_line_before_anything_is_written(tmp_pat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot connect to the Dask scheduler" in err
     assert not out.exists()
+
+
+def test_a_terminated_dask_run_keeps_its_cells_and_leaves_no_process(tmp_path):
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, TINY_MAIN, "run", *SLOW, "--dask", "local:2",
+                            "--out", str(out)], cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _cells(out) and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.05)
+        children = _children(run.pid)
+        assert len([p for p in children if b"spawn_main" in _cmdline(p)]) == 2
+        before = _cells(out)
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 128 + signal.SIGTERM, err
+    assert "interrupted by SIGTERM" in err.splitlines()[-1]
+    doc = results.load(str(out))
+    assert not doc["complete"] and set(before) <= set(_cells(out))
+    stored = [json.loads(p.read_text())["key"]["kind"] for p in (out / "cells").glob("*.json")]
+    assert len(doc["records"]) == stored.count("cell")  # every finished cell is in the results
+    time.sleep(1)
+    assert not [p for p in children if os.path.exists(f"/proc/{p}") and _cmdline(p)]
+    assert not list((out / "cells").glob("*.claim"))

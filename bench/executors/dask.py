@@ -22,6 +22,14 @@ CONNECT_SECONDS = 10
 """How long connecting to ``--scheduler`` may take before it is an error."""
 
 
+def _warm() -> None:
+    """On each worker of a LocalCluster, before the first cell: import what a cell runs."""
+    from bench import registry, runner  # noqa: F401
+
+    registry.policies()
+    registry.workloads()
+
+
 class DaskExecutor:
     def __init__(self, choice: Choice) -> None:
         import distributed
@@ -48,6 +56,11 @@ class DaskExecutor:
                              if choice.address else
                              f"--dask: cannot start {where} ({err})") from None
         logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        if self.cluster is not None:
+            try:  # the workers import the simulator and find the policies now, not in a cell
+                self.client.run(_warm)
+            except Exception:
+                pass
 
     def slots(self) -> int:
         try:

@@ -1,6 +1,7 @@
 """Sweeps beyond one machine (issue 18): Dask executors, claims, shards and merge, keep-going,
 seed ranges. The Dask tests start a LocalCluster of 2 worker processes (``--dask local:2``);
-its workers import the test workloads through Dask's own preload setting (tests/_harness_util)."""
+its workers import the test workloads through Dask's own preload setting (tests/_harness_util).
+The test extra installs dask and distributed (pyproject.toml), so these tests always run."""
 
 from __future__ import annotations
 
@@ -21,8 +22,6 @@ from _harness_util import ROOT, TINY_MAIN, bench, env, processes_naming, stable_
 from bench import results  # noqa: E402
 from bench.executors import claims as claims_mod  # noqa: E402
 from bench.executors import shards  # noqa: E402
-
-pytest.importorskip("distributed", reason="the dask extra (pip install '.[dask]') is not installed")
 
 SWEEP = ["-w", "tiny", "-w", "tiny:pae=true", "-p", "always-emulate", "-p", "flood-count",
          "--grid", "threshold=1,3", "--seeds", "2", "--no-progress"]

@@ -562,7 +562,7 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
                     token += 1
                     inflight[token] = mine
                     executor.submit(token, [(c.key(), c.digest()) for c in mine], cells_dir,
-                                    lambda i, doc, group=mine: finished(group[i], doc))
+                                    _callback(finished, mine))
             for done_token, result in executor.finished(POLL_SECONDS if inflight else 0.0):
                 group = inflight.pop(done_token)
                 if isinstance(result, BaseException):
@@ -612,6 +612,14 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
         for s, handler in previous.items():
             signal.signal(s, handler)
     return outcome
+
+
+def _callback(finished: Callable[[Cell, dict[str, Any]], None],
+              group: list[Cell]) -> Callable[[int, dict[str, Any]], None]:
+    """``done(i, doc)`` for a task: item ``i`` of ``group`` is stored."""
+    def done(i: int, doc: dict[str, Any]) -> None:
+        finished(group[i], doc)
+    return done
 
 
 def _failed(outcome: Outcome, group: list[Cell], err: BaseException, keep_going: bool,

@@ -348,3 +348,36 @@ def test_a_terminated_dask_run_keeps_its_cells_and_leaves_no_process(tmp_path):
     time.sleep(1)
     assert not [p for p in children if os.path.exists(f"/proc/{p}") and _cmdline(p)]
     assert not list((out / "cells").glob("*.claim"))
+
+
+def test_cells_stream_through_a_bounded_number_of_tasks(tmp_path, monkeypatch):
+    """At most ``slots()`` tasks are in flight, a task is submitted only as another finishes,
+    each cell is on disk when its task returns, and the run keeps digests, not documents."""
+    import _tiny_workload
+
+    from bench import experiment, runner
+    from bench.executors.local import Inline
+
+    _tiny_workload.patch(monkeypatch)
+    e = experiment.build(["always-emulate", "always-unshadow"], ["tiny"], [], False, 6)
+
+    class Counting(Inline):
+        def __init__(self) -> None:
+            super().__init__()
+            self.most = 0
+            self.stored_at_submit: list[int] = []
+
+        def slots(self) -> int:
+            return 2
+
+        def submit(self, token, items, cells_dir, done):
+            super().submit(token, items, cells_dir, done)
+            self.most = max(self.most, len(self.queue))
+            self.stored_at_submit.append(len(list(Path(cells_dir).glob("*.json"))))
+
+    executor = Counting()
+    outcome = runner.execute(e, str(tmp_path), 1, executor=executor)
+    assert outcome.computed == 12 and executor.most == 2
+    assert executor.stored_at_submit == [0, 0, 3, 6, 9, 12]  # a guest run's 3 cells per task
+    assert isinstance(outcome.cells, runner.StoredDocs) and not outcome.cells.mem
+    assert len(outcome.cells) == 12 and outcome.cells[e.cells()[0].digest()]["counters"]

@@ -381,3 +381,49 @@ def test_cells_stream_through_a_bounded_number_of_tasks(tmp_path, monkeypatch):
     assert executor.stored_at_submit == [0, 0, 3, 6, 9, 12]  # a guest run's 3 cells per task
     assert isinstance(outcome.cells, runner.StoredDocs) and not outcome.cells.mem
     assert len(outcome.cells) == 12 and outcome.cells[e.cells()[0].digest()]["counters"]
+
+
+def test_a_running_scheduler_by_address_gives_the_same_results(reference, tmp_path):
+    import logging
+
+    import distributed
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, memory_limit=0,
+                                  silence_logs=logging.CRITICAL,
+                                  preload=[TINY_MAIN]) as cluster:
+        out = tmp_path / "out"
+        r = bench("sweep", *SWEEP, "--scheduler", cluster.scheduler_address, "--out", str(out))
+        assert r.returncode == 0, r.stderr
+        assert _volatile(out)["executor"] == f"dask scheduler {cluster.scheduler_address}"
+    assert stable_bytes(str(out / "results.json")) == stable_bytes(str(reference / "results.json"))
+
+
+def test_cells_of_a_worker_that_cannot_see_the_folder_are_stored_by_the_run(tmp_path,
+                                                                            monkeypatch):
+    import _tiny_workload
+
+    from bench import experiment, runner
+    from bench.executors.local import Inline
+
+    _tiny_workload.patch(monkeypatch)
+    e = experiment.build(["always-emulate", "always-unshadow"], ["tiny"], [], False, 2)
+    elsewhere = tmp_path / "on-another-machine"
+    docs = runner.compute_remote([(c.key(), c.digest()) for c in e.cells()[:1]], str(elsewhere))
+    assert docs[0]["counters"] and not elsewhere.exists()
+
+    class Remote(Inline):
+        def finished(self, timeout):  # as a worker on a machine without the folder
+            if not self.queue:
+                return []
+            token, items, _, _ = self.queue.pop(0)
+            return [(token, runner.compute_remote(items, str(elsewhere)))]
+
+    outcome = runner.execute(e, str(tmp_path / "out"), 1, executor=Remote())
+    assert outcome.computed == 4
+    local = runner.execute(e, str(tmp_path / "local"), 1)
+    for cell in e.cells() + e.oracle_cells():
+        stored = runner.load_cached(str(tmp_path / "out" / "cells"), cell)
+        assert stored is not None
+        assert stored == runner.load_cached(str(tmp_path / "local" / "cells"), cell)
+    assert local.computed == 4

@@ -427,3 +427,33 @@ def test_cells_of_a_worker_that_cannot_see_the_folder_are_stored_by_the_run(tmp_
         assert stored is not None
         assert stored == runner.load_cached(str(tmp_path / "local" / "cells"), cell)
     assert local.computed == 4
+
+
+def test_a_killed_dask_run_leaves_no_process_and_the_next_run_resumes(tmp_path):
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, TINY_MAIN, "run", *SLOW, "--dask", "local:2",
+                            "--out", str(out)], cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not _cells(out) and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.05)
+        children = _children(run.pid)
+        assert len([p for p in children if b"spawn_main" in _cmdline(p)]) == 2
+        before = _cells(out)
+        run.kill()
+        run.wait(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_cmdline(p) for p in children):
+        time.sleep(0.2)
+    assert not [p for p in children if _cmdline(p)]  # the cluster's processes died with it
+    again = bench("run", *SLOW, "--jobs", "1", "--out", str(out), "--json", "-")
+    assert again.returncode == 0, again.stderr
+    volatile = json.loads(again.stdout)["meta"]["volatile"]
+    finished = [json.loads((out / "cells" / n).read_text())["key"]["kind"] for n in before]
+    assert volatile["cells_reused"] >= finished.count("cell")  # the claims of the dead run expired
+    assert volatile["cells_reused"] + volatile["cells_computed"] == 6
+    assert not list((out / "cells").glob("*.claim"))

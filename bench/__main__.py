@@ -88,8 +88,21 @@ def experiment_from_args(args: argparse.Namespace, grid: dict[str, list[Any]] | 
     seeds = args.seeds if args.seeds is not None else toml.get("seeds", exp.DEFAULT_SEEDS)
     profile = args.cost_profile or toml.get("cost_profile", costs.DEFAULT_PROFILE)
     quick = args.quick or toml.get("quick", False)
+    seed_start = (args.seed_start if args.seed_start is not None
+                  else toml.get("seed_start", 0))
     return exp.build(policies, workloads, args.set, quick, seeds, profile, grid,
-                     set_values=toml.get("set"))
+                     set_values=toml.get("set"), seed_start=seed_start)
+
+
+def sweep_options(args: argparse.Namespace) -> tuple[Any, tuple[int, int] | None]:
+    """The executor choice and the shard the options ask for, checked (dask installed, the
+    address and shard well formed) before anything is simulated or written."""
+    from bench.executors import choose
+    from bench.executors.shards import parse_shard
+
+    jobs = args.jobs or os.cpu_count() or 1
+    shard = parse_shard(args.shard) if args.shard is not None else None
+    return choose(args.dask, args.scheduler, jobs), shard
 
 
 def check_output_paths(args: argparse.Namespace, out: str | None) -> None:
@@ -155,24 +168,39 @@ def execute(args: argparse.Namespace, experiment: exp.Experiment, out: str,
     """Run the experiment into ``out`` and write every output; returns (document, exit status
     or None): 128 + the signal's number when interrupted, 1 when a cell raised."""
     from bench import runner
+    from bench.executors import open_executor
+    from bench.executors.shards import shard_digests
 
+    choice, shard = sweep_options(args)
     jobs = args.jobs or os.cpu_count() or 1
     progress = None if args.no_progress else Progress()
+    executor = None
     try:
         if progress:
             progress.phase("building the guests (memory estimate, input files)")
-        weights = runner.check_memory(experiment, jobs, args.force_memory)
+        local_workers = choice.workers if choice.kind != "dask-scheduler" else 1
+        weights = runner.check_memory(experiment, local_workers, args.force_memory)
         runner.check_inputs(experiment)
-        with outputs.locked(out):
-            return _execute_locked(args, experiment, out, reuse, jobs, weights, progress)
+        only = shard_digests(experiment, *shard) if shard else None
+        if choice.kind != "local":
+            if progress:
+                progress.phase("connecting to Dask" if choice.address else
+                               "starting the Dask LocalCluster")
+            executor = open_executor(choice)
+        with outputs.locked(out, shared=True) as lock:
+            return _execute_locked(args, experiment, out, reuse, jobs, weights, progress,
+                                   lock, executor, only, shard)
     finally:
+        if executor is not None:
+            executor.close()
         if progress:
             progress.stop()
 
 
 def _execute_locked(args: argparse.Namespace, experiment: exp.Experiment, out: str, reuse: bool,
-                    jobs: int, weights: dict[str, float],
-                    progress: Progress | None) -> tuple[dict[str, Any], int | None]:
+                    jobs: int, weights: dict[str, float], progress: Progress | None,
+                    lock: outputs.FolderLock, executor: Any, only: set[str] | None,
+                    shard: tuple[int, int] | None) -> tuple[dict[str, Any], int | None]:
     from bench import runner
 
     started = results.now()
@@ -181,29 +209,55 @@ def _execute_locked(args: argparse.Namespace, experiment: exp.Experiment, out: s
     try:
         outcome = runner.execute(experiment, out, jobs,
                                  reuse=reuse and not (args.rebuild or args.no_cache),
-                                 progress=progress, weights=weights, store=not args.no_cache)
+                                 progress=progress, weights=weights, store=not args.no_cache,
+                                 executor=executor, only=only, keep_going=args.keep_going)
     finally:
         if progress:
             progress.stop()
+    described = executor.description if executor is not None else (
+        "local (1 process)" if jobs <= 1 else f"local ({jobs} processes)")
     notes: list[str] = []
-    failure = outcome.failed
+    failures = dict(outcome.failures)
+    failure = outcome.failed if not failures else None  # the one that stopped the run
     if failure is not None:
         notes.append(f"stopped because a cell raised: {failure.message}")
-    complete = outcome.interrupted is None and failure is None
-    if progress:
-        progress.phase("results (pricing, the offline optimum, results files)")
+    for digest, err in failures.items():
+        notes.append(f"cell {digest} failed (--keep-going): {err.message}")
+    if shard is not None:
+        notes.append(f"shard {shard[0]}/{shard[1]}: only this shard's cells were run; "
+                     f"python -m bench merge joins the shards' folders")
+    complete = (outcome.interrupted is None and failure is None and not failures
+                and shard is None)
     with Deferred() as deferred:
+        if progress:
+            progress.phase("waiting for the other run on this folder to write its results")
+        if not lock.exclusive(lambda: deferred.signum is not None):
+            sys.stderr.write(f"bench: interrupted by {signal.Signals(deferred.signum or 2).name} "
+                             f"while waiting for another run on {out}: the finished cells are "
+                             f"kept in {out}/cells; rerun the same command to write the "
+                             f"results\n")
+            return {}, 128 + (deferred.signum or 2)
+        if progress:
+            progress.stop()
+            progress.phase("results (pricing, the offline optimum, results files)")
         volatile = {
             "command": _program().split() + list(args.argv),
             "started": started, "finished": results.now(), "host": results.host_description(),
-            "jobs": jobs, "cells_reused": outcome.reused, "cells_computed": outcome.computed,
+            "jobs": jobs, "executor": described, "cells_reused": outcome.reused,
+            "cells_computed": outcome.computed,
         }
+        if shard is not None:
+            volatile["shard"] = f"{shard[0]}/{shard[1]}"
         doc = results.make_document(experiment, outcome.cells, outcome.oracles, complete,
                                     volatile, notes)
         write_outputs(doc, out, jobs=jobs, charts=False)
         failure_txt = os.path.join(out, FAILURE_TXT)
         if failure is not None:
             atomic_write_text(failure_txt, failure.message + "\n\n" + failure.details)
+        elif failures:
+            atomic_write_text(failure_txt, "\n\n".join(
+                f"cell {digest}: {err.message}\n\n{err.details}"
+                for digest, err in failures.items()))
         elif complete and os.path.exists(failure_txt):
             os.unlink(failure_txt)
         if args.json and args.json != "-" and complete:
@@ -225,6 +279,20 @@ def _execute_locked(args: argparse.Namespace, experiment: exp.Experiment, out: s
                          f"writing the results: all {done}; results.json is complete in {out}, "
                          f"charts not drawn (python -m bench plot {out} draws them)\n")
         return doc, 128 + deferred.signum
+    if failures:
+        finish(args, doc, out)
+        sys.stderr.write(f"bench: {len(failures)} cells failed (--keep-going); {done}, kept in "
+                         f"{out} (results marked partial, charts not drawn; tracebacks in "
+                         f"{failure_txt}):\n")
+        for digest, err in failures.items():
+            sys.stderr.write(f"  cell {digest}: {err.message}\n")
+        return doc, 1
+    if shard is not None:
+        from bench.report import write_report
+
+        with Deferred():
+            write_report(doc, [], out)
+        return doc, None
     signum = draw_charts_and_report(doc, out, jobs, progress)
     if signum:
         return doc, 128 + signum
@@ -286,6 +354,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.from_:
         given = [o for o, v in (("-p", args.policy), ("-w", args.workload), ("--set", args.set),
                                 ("--quick", args.quick), ("--seeds", args.seeds),
+                                ("--seed-start", args.seed_start is not None),
                                 ("--cost-profile", args.cost_profile)) if v]
         if given:
             raise BenchError(f"--from reruns the file's own configuration; drop {', '.join(given)}")
@@ -351,6 +420,47 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if status:
         return status
     finish(args, doc, out)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from bench.executors import merge
+
+    experiment, folders = merge.load_inputs(list(args.folders))
+    out = args.out
+    outputs.check_folder(out)
+    jobs = args.jobs or os.cpu_count() or 1
+    started = results.now()
+    with outputs.locked(out):
+        with Deferred() as deferred:
+            cells, oracles, copied = merge.join_cells(experiment, folders, out)
+            missing = len(experiment.cells()) - len(cells)
+            notes = [] if not missing else [
+                f"merged from {len(folders)} folders: {missing} cells missing (a shard not run "
+                f"or not finished, or cells of other code)"]
+            volatile = {"command": _program().split() + list(args.argv), "started": started,
+                        "finished": results.now(), "host": results.host_description(),
+                        "merged_from": [os.path.abspath(f) for f in folders],
+                        "cells_copied": copied}
+            doc = results.make_document(experiment, cells, oracles, not missing, volatile,
+                                        notes)
+            write_outputs(doc, out, jobs=jobs, charts=False)
+        if deferred.signum:
+            sys.stderr.write(f"bench: interrupted by {signal.Signals(deferred.signum).name}; "
+                             f"the merged results are complete in {out}, charts not drawn\n")
+            return 128 + deferred.signum
+        if missing:
+            from bench.report import write_report
+
+            write_report(doc, [], out)
+            sys.stderr.write(f"bench: merge: {missing} of {len(experiment.cells())} cells are in "
+                             f"none of the folders; results in {out} marked partial\n")
+            return 1
+        signum = draw_charts_and_report(doc, out, jobs, None)
+        if signum:
+            return 128 + signum
+    sys.stdout.write(f"merged {len(folders)} folders: {len(cells)} cells ({copied} copied) "
+                     f"into {out}/\n")
     return 0
 
 
@@ -508,8 +618,23 @@ def _run_options(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--seeds", type=bounded_int(1, exp.MAX_SEEDS), metavar="N",
                    help=f"run seeds 0..N-1 (default {exp.DEFAULT_SEEDS}, at most "
                         f"{exp.MAX_SEEDS})")
+    p.add_argument("--seed-start", type=bounded_int(0, exp.MAX_SEED_START), metavar="S",
+                   help="the first seed: run seeds S..S+N-1 (default 0; cells of seeds already "
+                        "computed come from the cache)")
     p.add_argument("--jobs", type=bounded_int(1, MAX_JOBS), metavar="N",
                    help="worker processes (default: the number of CPUs)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--dask", metavar="local[:N]", type=nonempty,
+                       help="compute the cells on a Dask LocalCluster of N worker processes "
+                            "(default --jobs; needs the dask extra)")
+    where.add_argument("--scheduler", metavar="tcp://HOST:PORT", type=nonempty,
+                       help="compute the cells on the Dask cluster of this scheduler (OUT on a "
+                            "file system the workers share; needs the dask extra)")
+    p.add_argument("--shard", metavar="I/N", type=nonempty,
+                   help="run only shard I of N of the cells (python -m bench merge joins them)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="a cell that raises is recorded and the other cells go on (exit "
+                        "status 1 at the end)")
     p.add_argument("--out", metavar="DIR", type=nonempty,
                    help=f"results folder (default {out_default})")
     p.add_argument("--json", metavar="PATH|-", type=nonempty,
@@ -646,6 +771,18 @@ def create_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH|-", type=nonempty,
                    help="write the re-priced document (- = stdout)")
     p.set_defaults(func=cmd_reprice)
+    p = verb("merge", "join the cell caches of shards into one results folder",
+             "Copy the finished cells of several results folders of one experiment (the shards "
+             "of --shard I/N, or runs on several machines) into OUT/cells and write one results "
+             "folder from them, as a run would; folders of differing experiments are refused.",
+             "results/shard-1 results/shard-2 --out results/merged")
+    p.add_argument("folders", nargs="+", metavar="DIR", type=nonempty,
+                   help="results folders of one experiment")
+    p.add_argument("--out", required=True, metavar="DIR", type=nonempty,
+                   help="the merged results folder (may be one of the DIRs)")
+    p.add_argument("--jobs", type=bounded_int(1, MAX_JOBS), metavar="N",
+                   help="chart processes (default: the number of CPUs)")
+    p.set_defaults(func=cmd_merge)
     _add_recording_verbs(sub)
     return parser
 

@@ -26,6 +26,8 @@ from bench.params import parse_assignment, parse_spec
 DEFAULT_SEEDS = 3
 MAX_SEEDS = 10000
 """The most seeds a run may have (each seed is a guest run per workload entry)."""
+MAX_SEED_START = 2**31
+"""The largest first seed (``--seed-start``)."""
 MAX_CELLS = 1_000_000
 """The most cells an experiment may have (policies x workload entries x seeds)."""
 KMAP_KERNELS = ("rhel3", "rhel3-debug", "2.6.20")
@@ -228,14 +230,19 @@ def build(policy_specs: list[str] | None = None, workload_specs: list[str] | Non
           sets: list[str] | None = None, quick: bool = False, seeds: int = DEFAULT_SEEDS,
           cost_profile: str = costs.DEFAULT_PROFILE,
           grid: dict[str, list[Any]] | None = None,
-          set_values: dict[str, Any] | None = None) -> Experiment:
+          set_values: dict[str, Any] | None = None, seed_start: int = 0) -> Experiment:
     """A validated experiment. Policies default to every registered one, workloads to
     DEFAULT_WORKLOADS. ``sets`` are ``KEY=VALUE`` workload parameters applied to every selected
     workload that takes KEY (an error if none does); ``set_values`` the same, already split
-    (from TOML). A parameter given in a ``-w NAME:k=v`` spec wins over ``--set``."""
+    (from TOML). A parameter given in a ``-w NAME:k=v`` spec wins over ``--set``. The seeds are
+    ``seed_start`` .. ``seed_start + seeds - 1``."""
     costs.profile(cost_profile)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or not 1 <= seeds <= MAX_SEEDS:
         raise BenchError(f"seeds must be a whole number from 1 to {MAX_SEEDS}, got {seeds!r}")
+    if (not isinstance(seed_start, int) or isinstance(seed_start, bool)
+            or not 0 <= seed_start <= MAX_SEED_START):
+        raise BenchError(f"seed_start must be a whole number from 0 to {MAX_SEED_START}, got "
+                         f"{seed_start!r}")
     policy_given = [parse_spec(s) for s in policy_specs] if policy_specs else [
         (name, {}) for name in registry.policies()]
     workload_given = [parse_spec(s) for s in workload_specs] if workload_specs else [
@@ -299,7 +306,7 @@ def build(policy_specs: list[str] | None = None, workload_specs: list[str] | Non
         raise BenchError(f"the experiment has {cells:,} cells ({len(policies)} policies x "
                          f"{len(workloads)} workload entries x {seeds} seeds), more than the "
                          f"{MAX_CELLS:,} allowed; fewer seeds or a smaller grid")
-    return Experiment(policies, workloads, list(range(seeds)), cost_profile,
+    return Experiment(policies, workloads, list(range(seed_start, seed_start + seeds)), cost_profile,
                       {f"{sc}.{bare}": canon[key] for key, (sc, bare) in targets.items()})
 
 
@@ -351,6 +358,7 @@ TOML_KEYS = {
     "set": "table of workload parameters",
     "grid": "table of parameter -> list of values",
     "seeds": "number of seeds",
+    "seed_start": "the first seed (default 0)",
     "cost_profile": "cost profile name",
     "quick": "true to shrink the guests",
     "description": "free text",
@@ -410,6 +418,13 @@ def parse_toml(raw: bytes | str, path: str = "<experiment>") -> dict[str, Any]:
         if not isinstance(data["seeds"], int) or isinstance(data["seeds"], bool) or data["seeds"] < 1:
             raise BenchError(f"{path}: seeds must be a whole number >= 1")
         out["seeds"] = data["seeds"]
+    if "seed_start" in data:
+        value = data["seed_start"]
+        if not isinstance(value, int) or isinstance(value, bool) or not (
+                0 <= value <= MAX_SEED_START):
+            raise BenchError(f"{path}: seed_start must be a whole number from 0 to "
+                             f"{MAX_SEED_START}")
+        out["seed_start"] = value
     if "cost_profile" in data:
         if not isinstance(data["cost_profile"], str):
             raise BenchError(f"{path}: cost_profile must be a string")

@@ -33,6 +33,7 @@ PACKAGES: tuple[str, ...] = ("bench", "policies", "workloads")
 PRESENTATION: tuple[str, ...] = (
     "bench/__main__.py",
     "bench/charts",
+    "bench/executors",
     "bench/record",
     "bench/fingerprint.py",
     "bench/outputs.py",

@@ -12,7 +12,8 @@ from __future__ import annotations
 import fcntl
 import os
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from bench.errors import BenchError
@@ -67,10 +68,40 @@ def check_file(path: str, option: str = "--json") -> None:
     _probe(parent, option, path)
 
 
+class FolderLock:
+    """The lock a command holds on a results folder (``locked`` yields it)."""
+
+    def __init__(self, fd: int, folder: str) -> None:
+        self.fd = fd
+        self.folder = folder
+
+    def exclusive(self, stop: Callable[[], bool], waiting: Callable[[], None] | None = None) -> bool:
+        """Turn a shared lock into an exclusive one, waiting while other runs that share the
+        folder compute or write; False when ``stop()`` became true first (a signal arrived)."""
+        first = True
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                pass
+            if stop():
+                return False
+            if first and waiting is not None:
+                waiting()
+            first = False
+            time.sleep(0.1)
+
+
 @contextmanager
-def locked(folder: str) -> Iterator[None]:
+def locked(folder: str, shared: bool = False) -> Iterator[FolderLock]:
     """Create ``folder`` if needed and hold an exclusive lock on it; another holder is an
-    error. Forked workers share the lock, so it lasts until the last of them has ended."""
+    error. Forked workers share the lock, so it lasts until the last of them has ended.
+
+    ``shared``: a run computing cells holds a shared lock, so other runs may compute into the
+    same folder at the same time (the cells they claim are shared out, bench.executors.claims),
+    while ``plot``, ``reprice --out`` and ``merge`` (exclusive) are refused; it takes the lock
+    exclusively (``FolderLock.exclusive``) to write the results files."""
     try:
         os.makedirs(folder, exist_ok=True)
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -79,10 +110,10 @@ def locked(folder: str) -> Iterator[None]:
                          f"{err.strerror or err}") from None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             raise BenchError(f"{folder} is being written by another shadowbench run; wait for "
                              f"it to finish or give another --out") from None
-        yield
+        yield FolderLock(fd, folder)
     finally:
         os.close(fd)

@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import subprocess
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -103,7 +104,7 @@ def policy_uses_tdp(name: str, params: dict[str, Any], pae: bool) -> bool:
 
 
 def price_record(record: dict[str, Any], profile: costs.CostProfile,
-                 oracles: dict[str, Any]) -> None:
+                 oracles: Mapping[str, Any]) -> None:
     """Fill a record's cycle fields from its counters (in place)."""
     priced = profile.price(record["counters"])
     record["native_cycles"] = priced["native_cycles"]
@@ -116,8 +117,8 @@ def price_record(record: dict[str, Any], profile: costs.CostProfile,
                                     profile, record["tdp"])
 
 
-def make_records(experiment: Experiment, cells: dict[str, dict[str, Any]],
-                 oracles: dict[str, Any], profile: costs.CostProfile) -> list[dict[str, Any]]:
+def make_records(experiment: Experiment, cells: Mapping[str, dict[str, Any]],
+                 oracles: Mapping[str, Any], profile: costs.CostProfile) -> list[dict[str, Any]]:
     """One priced record per finished cell, in the experiment's order."""
     oracle_digest = {(id(c.workload), c.seed): c.digest() for c in experiment.oracle_cells()}
     records = []
@@ -153,8 +154,8 @@ def make_records(experiment: Experiment, cells: dict[str, dict[str, Any]],
     return records
 
 
-def make_document(experiment: Experiment, cells: dict[str, dict[str, Any]],
-                  oracles: dict[str, Any], complete: bool, volatile: dict[str, Any],
+def make_document(experiment: Experiment, cells: Mapping[str, dict[str, Any]],
+                  oracles: Mapping[str, Any], complete: bool, volatile: dict[str, Any],
                   notes: list[str] | None = None) -> dict[str, Any]:
     """The results document for an experiment and its finished cells."""
     profile = costs.profile(experiment.cost_profile)

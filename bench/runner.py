@@ -11,7 +11,6 @@ results file. Nothing here prices anything; the records are assembled by bench.r
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import shutil
 import signal
@@ -19,10 +18,11 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 from bench.cell import NATIVE_RUN_NOTE, CellResult, build_run, run_cells
 from bench.errors import BenchError
@@ -30,6 +30,9 @@ from bench.experiment import Cell, Experiment
 from bench.files import atomic_write_text
 from bench.recording import DEFAULT_BUDGET
 from bench.registry import make_workload
+
+if TYPE_CHECKING:
+    from bench.executors import Executor
 
 CELLS_DIR = "cells"
 BYTES_PER_GUEST_PAGE = 200
@@ -49,6 +52,9 @@ that)."""
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """The signals that stop a run cleanly (Ctrl-C, kill, a closed terminal): finished cells kept."""
 POLL_SECONDS = 0.5
+TEMPORARY_AGE = 300.0
+"""A temporary file in the cells folder older than this (seconds) was left by a killed writer;
+a younger one may be another run's cell being written (runs may share a folder)."""
 """How often the parent looks for cells a worker stored before its whole group finished."""
 
 
@@ -64,10 +70,13 @@ class CellFailed(Exception):
     """A cell raised (a policy's or workload's bug): ``message`` names the cell and the error in
     one line, ``details`` is the traceback. Picklable, so a worker's failure reaches the parent."""
 
-    def __init__(self, message: str, details: str) -> None:
-        super().__init__(message, details)
+    def __init__(self, message: str, details: str, cell: str | None = None) -> None:
+        super().__init__(message, details, cell)
         self.message = message
         self.details = details
+        self.cell = cell
+        """The digest of the cell that raised; None when the guest run itself raised (every
+        cell of the task not finished fails with it)."""
 
     def __str__(self) -> str:
         return self.message
@@ -77,12 +86,15 @@ class CellFailed(Exception):
 class Outcome:
     """What a run produced: cell results and oracle records by digest, and whether it stopped."""
 
-    cells: dict[str, dict[str, Any]] = field(default_factory=dict)
-    oracles: dict[str, Any] = field(default_factory=dict)
+    cells: Any = field(default_factory=dict)
+    """Cell documents by digest (a StoredDocs: read from the cells folder when asked for)."""
+    oracles: Any = field(default_factory=dict)
     reused: int = 0
     computed: int = 0
     interrupted: Interrupted | None = None
     failed: CellFailed | None = None
+    failures: dict[str, CellFailed] = field(default_factory=dict)
+    """With keep_going: every cell that raised, by digest (``failed`` is the first)."""
 
 
 # -- the work done in a worker -----------------------------------------------------------------
@@ -95,20 +107,45 @@ def _payload(result: CellResult) -> dict[str, Any]:
     }
 
 
-def _store_doc(cell_key: dict[str, Any], digest: str, cells_dir: str,
+def _store_doc(cell_key: dict[str, Any], digest: str, cells_dir: str | None,
                payload: dict[str, Any]) -> dict[str, Any]:
     text = json.dumps({"key": cell_key, **payload}, sort_keys=True)
     if _orphaned():  # the run is gone: its folder may belong to another run by now
         os._exit(1)
-    atomic_write_text(os.path.join(cells_dir, digest + ".json"), text)
+    if cells_dir is not None:
+        atomic_write_text(os.path.join(cells_dir, digest + ".json"), text)
     return json.loads(text)  # exactly what a later run reads back from the cache
 
 
-def compute_group(items: list[tuple[dict[str, Any], str]], cells_dir: str,
+def _already_stored(cells_dir: str | None, key: dict[str, Any],
+                    digest: str) -> dict[str, Any] | None:
+    """The cell's stored document, when a worker that died (or another run) stored it."""
+    if cells_dir is None:
+        return None
+    try:
+        with open(os.path.join(cells_dir, digest + ".json"), encoding="utf-8") as handle:
+            doc = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("key") == json.loads(json.dumps(key)) else None
+
+
+def compute_group(items: list[tuple[dict[str, Any], str]], cells_dir: str | None,
                   done: Callable[[int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Simulate cells of one guest run (same workload, parameters and seed; the oracle record
-    among them or not) through bench.cell.run_cells, storing each as soon as it is finished;
-    ``done(i, doc)`` is called after item ``i`` is stored. Returns the documents in item order."""
+    among them or not) through bench.cell.run_cells, storing each as soon as it is finished
+    (``cells_dir`` None: not stored); ``done(i, doc)`` is called after item ``i`` is stored.
+    Cells already stored (by a worker of this task that died) are read back, not computed.
+    Returns the documents in item order."""
+    stored = [_already_stored(cells_dir, key, digest) for key, digest in items]
+    if any(doc is not None for doc in stored):
+        rest = [i for i, doc in enumerate(stored) if doc is None]
+        if rest:
+            for j, doc in zip(rest, compute_group([items[i] for i in rest], cells_dir,
+                                                  None if done is None else
+                                                  lambda k, d: done(rest[k], d))):
+                stored[j] = doc
+        return [doc for doc in stored if doc is not None]
     first = items[0][0]
     workload, params, seed = first["workload"], first["workload_params"], first["seed"]
     oracle_at = [i for i, (key, _) in enumerate(items) if key["kind"] == "oracle"]
@@ -131,8 +168,10 @@ def compute_group(items: list[tuple[dict[str, Any], str]], cells_dir: str,
     except Exception as err:
         native = any(NATIVE_RUN_NOTE in n for n in getattr(err, "__notes__", ()))
         nxt = finished + 1
-        failing = None if native or not 0 <= nxt < len(policy_at) else items[policy_at[nxt]][0]
-        raise CellFailed(_failure_line(failing, first, err), traceback.format_exc()) from None
+        at = None if native or not 0 <= nxt < len(policy_at) else policy_at[nxt]
+        failing = None if at is None else items[at][0]
+        raise CellFailed(_failure_line(failing, first, err), traceback.format_exc(),
+                         None if at is None else items[at][1]) from None
     return docs
 
 
@@ -153,6 +192,13 @@ def _failure_line(key: dict[str, Any] | None, first: dict[str, Any], err: BaseEx
            else "the native run of ")
     text = " ".join(f"{type(err).__name__}: {err}".split())
     return f"{who}{run} raised {text[:300]}{where}"
+
+
+def compute_remote(items: list[tuple[dict[str, Any], str]],
+                   cells_dir: str) -> list[dict[str, Any]]:
+    """``compute_group`` on a worker of another machine (bench.executors.dask): the cells are
+    stored in ``cells_dir`` when the worker sees that folder, and returned in any case."""
+    return compute_group(items, cells_dir if os.path.isdir(cells_dir) else None)
 
 
 def compute(cell_key: dict[str, Any], digest: str, cells_dir: str) -> dict[str, Any]:
@@ -227,16 +273,20 @@ def load_cached(cells_dir: str, cell: Cell) -> dict[str, Any] | None:
     return doc
 
 
-def clean_temporaries(cells_dir: str) -> None:
-    """Remove temporary files a killed writer left behind."""
+def clean_temporaries(cells_dir: str, older_than: float = 0.0) -> None:
+    """Remove temporary files a killed writer left behind (those older than ``older_than``
+    seconds)."""
     try:
         names = os.listdir(cells_dir)
     except OSError:
         return
+    limit = time.time() - older_than
     for name in names:
         if name.endswith(".tmp"):
             try:
-                os.unlink(os.path.join(cells_dir, name))
+                path = os.path.join(cells_dir, name)
+                if older_than <= 0 or os.stat(path).st_mtime < limit:
+                    os.unlink(path)
             except OSError:
                 pass
 
@@ -338,59 +388,144 @@ def groups_of(cells: list[Cell], jobs: int,
     return sorted(groups, key=cost, reverse=True)  # stable: ties keep the experiment's order
 
 
+class StoredDocs(Mapping[str, Any]):
+    """Cell documents stored in a cells folder, by digest, read back from it when asked for, so
+    the run's own process holds digests, not documents, however many cells it runs (``part``:
+    the one field wanted, e.g. an oracle record). ``mem`` holds documents that have no file
+    (a run with --no-cache reads them all in before its scratch folder goes)."""
+
+    def __init__(self, cells_dir: str, part: str | None = None) -> None:
+        self.cells_dir = cells_dir
+        self.part = part
+        self.digests: set[str] = set()
+        self.mem: dict[str, Any] = {}
+
+    def add(self, digest: str) -> None:
+        self.digests.add(digest)
+
+    def __contains__(self, digest: object) -> bool:
+        return digest in self.digests or digest in self.mem
+
+    def __getitem__(self, digest: str) -> Any:
+        if digest in self.mem:
+            return self.mem[digest]
+        if digest not in self.digests:
+            raise KeyError(digest)
+        doc = _read_doc(self.cells_dir, digest)
+        return doc[self.part] if self.part else doc
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self.digests | set(self.mem)))
+
+    def __len__(self) -> int:
+        return len(self.digests | set(self.mem))
+
+    def load_all(self) -> None:
+        for digest in list(self.digests):
+            self.mem[digest] = self[digest]
+        self.digests.clear()
+
+
+@lru_cache(maxsize=64)
+def _read_doc(cells_dir: str, digest: str) -> dict[str, Any]:
+    path = os.path.join(cells_dir, digest + ".json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as err:
+        raise BenchError(f"the stored cell {path} vanished or changed while the run used it "
+                         f"({err})") from None
+
+
 def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
             progress: Callable[[int, int, int, str, float], None] | None = None,
-            weights: dict[str, float] | None = None, store: bool = True) -> Outcome:
+            weights: dict[str, float] | None = None, store: bool = True,
+            executor: Executor | None = None, only: set[str] | None = None,
+            keep_going: bool = False) -> Outcome:
     """Run every cell not already stored in ``out_dir`` (all of them when not ``reuse``; the
     new results then replace the stored ones). With ``store`` False nothing is read from or
     written to ``out_dir``/cells: the cells pass through a temporary folder removed at the end
-    (an interrupted run then keeps nothing to resume from).
+    (an interrupted run then keeps nothing to resume from). ``only``: the digests of the cells
+    to run (a shard, bench.executors.shards); the others are left out.
 
-    Cells of the same guest run are computed together (``groups_of``); each is stored as soon as
-    it is finished. ``progress(done, total, reused, what, fraction)`` is called after each cell;
+    Cells of the same guest run are computed together (``groups_of``) by ``executor`` (default:
+    the local pool of ``jobs`` processes, bench.executors.local), which is closed at the end;
+    at most ``executor.slots()`` groups are in flight, the next submitted as one finishes, and
+    each cell is stored as soon as it is finished. Before a group is submitted its cells are
+    claimed (bench.executors.claims): a cell another run on the folder has claimed is left to it
+    and read back once stored (or taken over when the claim expires). A cell that raises stops
+    the run (``failed``), or with ``keep_going`` is recorded in ``failures`` while the other
+    cells go on. ``progress(done, total, reused, what, fraction)`` is called after each cell;
     ``fraction`` is the share of the work to compute that is done, each cell weighted by its
     workload entry's ``weights`` (cells of big guests take longer). ``done``, ``total`` and
     ``reused`` (and the outcome's ``reused``/``computed``) count policy cells, the records of
-    results.json; the offline optimum's records only advance ``fraction``.
-    SIGINT/SIGTERM/SIGHUP end the workers and return with ``interrupted`` set; the finished cells are in
-    the outcome and on disk.
+    results.json; the offline optimum's records only advance ``fraction``. A cell another run
+    computed counts as reused.
+    SIGINT/SIGTERM/SIGHUP end the workers and return with ``interrupted`` set; the finished
+    cells are in the outcome and on disk.
     """
-    wanted = experiment.oracle_cells() + list(experiment.cells())
+    from bench.executors.claims import Claims
+    from bench.executors.local import Inline, Pool
+
+    wanted = [c for c in experiment.oracle_cells() + list(experiment.cells())
+              if only is None or c.digest() in only]
     for cell in wanted:  # every key (input files hashed) before anything is written
         cell.digest()
     if not store:
         scratch = tempfile.mkdtemp(prefix="shadowbench-cells-")
         try:
-            return execute(experiment, scratch, jobs, False, progress, weights)
+            outcome = execute(experiment, scratch, jobs, False, progress, weights,
+                              executor=executor, only=only, keep_going=keep_going)
+            for docs in (outcome.cells, outcome.oracles):
+                if isinstance(docs, StoredDocs):
+                    docs.load_all()
+            return outcome
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    cells_dir = os.path.join(out_dir, CELLS_DIR)
+    cells_dir = os.path.abspath(os.path.join(out_dir, CELLS_DIR))
     os.makedirs(cells_dir, exist_ok=True)
-    clean_temporaries(cells_dir)
-    outcome = Outcome()
+    clean_temporaries(cells_dir, older_than=TEMPORARY_AGE)
+    _read_doc.cache_clear()
+    outcome = Outcome(cells=StoredDocs(cells_dir), oracles=StoredDocs(cells_dir, "oracle"))
     todo: list[Cell] = []
     for cell in wanted:
         doc = load_cached(cells_dir, cell) if reuse else None
         if doc is None:
             todo.append(cell)
         else:
-            _store(outcome, cell, doc)
+            _store(outcome, cell)
             outcome.reused += cell.policy is not None
     total = sum(cell.policy is not None for cell in wanted)  # records, as results.json counts
     count = [outcome.reused]
     weight = {c.digest(): (weights or {}).get(c.workload.label, 1.0) for c in todo}
     work = [0.0, sum(weight.values()) or 1.0]
+    started = time.time_ns()
 
-    def finished(cell: Cell, doc: dict[str, Any]) -> None:
-        if cell.digest() in outcome.cells or cell.digest() in outcome.oracles:
+    def finished(cell: Cell, doc: dict[str, Any] | None, computed: bool = True) -> None:
+        digest = cell.digest()
+        if digest in outcome.cells or digest in outcome.oracles:
             return
-        _store(outcome, cell, doc)
-        work[0] += weight.get(cell.digest(), 0.0)
+        if doc is not None and load_cached(cells_dir, cell) is None:
+            # a worker that could not see the folder (another machine) returned it
+            atomic_write_text(os.path.join(cells_dir, digest + ".json"),
+                              json.dumps(doc, sort_keys=True))
+        _store(outcome, cell)
+        claims.release(digest)
+        work[0] += weight.get(digest, 0.0)
         if cell.policy is not None:
-            outcome.computed += 1
+            if computed:
+                outcome.computed += 1
+            else:
+                outcome.reused += 1
             count[0] += 1
         if progress:
             progress(count[0], total, outcome.reused, _what(cell), work[0] / work[1])
+
+    def fresh(cell: Cell) -> dict[str, Any] | None:
+        """The cell, if another run stored it (since this run started, when not ``reuse``)."""
+        if not reuse and not _stored_since(cells_dir, cell, started):
+            return None
+        return load_cached(cells_dir, cell)
 
     if progress:
         progress(count[0], total, outcome.reused, "", 0.0)
@@ -398,37 +533,61 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
     previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     for s in previous:
         signal.signal(s, _raise_interrupted)
-    executor: ProcessPoolExecutor | None = None
-    groups = groups_of(todo, jobs, weights)
-    started = time.time_ns()
+    claims = Claims(cells_dir)
+    queue: deque[list[Cell]] = deque()
+    inflight: dict[int, list[Cell]] = {}
+    waiting: list[Cell] = []
     try:
-        if jobs <= 1 or len(groups) <= 1:
-            for group in groups:
-                compute_group([(c.key(), c.digest()) for c in group], cells_dir,
-                              lambda i, doc, group=group: finished(group[i], doc))
-        else:
-            context = multiprocessing.get_context("fork") if sys.platform != "win32" else None
-            executor = ProcessPoolExecutor(max_workers=min(jobs, len(groups)), mp_context=context,
-                                           initializer=_worker_init,
-                                           initargs=(os.getpid(),))
-            pending: dict[Future, list[Cell]] = {
-                executor.submit(compute_group, [(c.key(), c.digest()) for c in group],
-                                cells_dir): group
-                for group in groups}
-            while pending:
-                done, _ = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
-                for future in done:
-                    group = pending.pop(future)
-                    for cell, doc in zip(group, future.result()):
-                        finished(cell, doc)
-                for group in pending.values():  # cells a worker stored while its group runs
+        if executor is None:
+            parallel = max(1, min(jobs, len(groups_of(todo, jobs))))
+            executor = Inline() if parallel <= 1 else Pool(parallel)
+        queue.extend(groups_of(todo, max(1, executor.slots() // 2), weights))
+        token = 0
+        last_look = time.monotonic()
+        while queue or inflight or waiting:
+            while queue and len(inflight) < executor.slots():
+                mine = []
+                for cell in queue.popleft():
+                    if cell.digest() in outcome.cells or cell.digest() in outcome.oracles:
+                        continue
+                    if claims.take(cell.digest()):
+                        doc = fresh(cell)  # stored by another run before this one claimed it
+                        if doc is not None:
+                            finished(cell, None, computed=False)
+                        else:
+                            mine.append(cell)
+                    else:
+                        waiting.append(cell)
+                if mine:
+                    token += 1
+                    inflight[token] = mine
+                    executor.submit(token, [(c.key(), c.digest()) for c in mine], cells_dir,
+                                    _callback(finished, mine))
+            for done_token, result in executor.finished(POLL_SECONDS if inflight else 0.0):
+                group = inflight.pop(done_token)
+                if isinstance(result, BaseException):
+                    _failed(outcome, group, result, keep_going, queue, claims)
+                    continue
+                for cell, doc in zip(group, result):
+                    finished(cell, doc)
+            if time.monotonic() - last_look >= POLL_SECONDS or not inflight:
+                last_look = time.monotonic()
+                for group in inflight.values():  # cells a worker stored while its group runs
                     for cell in group:
                         if _stored_since(cells_dir, cell, started):
                             doc = load_cached(cells_dir, cell)
                             if doc is not None:
-                                finished(cell, doc)
-            executor.shutdown(wait=True)
-            executor = None
+                                finished(cell, None)
+                waiting, taken = _look_at_waiting(waiting, outcome, fresh, finished, claims)
+                if taken:
+                    queue.extend(groups_of(taken, 1, weights))
+                if waiting and not inflight and not queue:
+                    if progress:
+                        progress(count[0], total, outcome.reused,
+                                 f"waiting for {len(waiting)} cells another run computes",
+                                 work[0] / work[1])
+                    time.sleep(POLL_SECONDS)
+        executor.close()
     except (Interrupted, CellFailed) as stop:
         if isinstance(stop, Interrupted):
             outcome.interrupted = stop
@@ -437,37 +596,71 @@ def execute(experiment: Experiment, out_dir: str, jobs: int, reuse: bool = True,
         for s in previous:  # a second signal while cleaning up is ignored
             signal.signal(s, signal.SIG_IGN)
         if executor is not None:
-            _end_workers(executor)
+            executor.close()
         # Cells finished by workers after the parent stopped listening are on disk: keep them.
         for cell in wanted:
             digest = cell.digest()
             if digest not in outcome.cells and digest not in outcome.oracles and (
                     reuse or _stored_since(cells_dir, cell, started)):
-                doc = load_cached(cells_dir, cell)
-                if doc is not None:
-                    _store(outcome, cell, doc)
-        clean_temporaries(cells_dir)
+                if load_cached(cells_dir, cell) is not None:
+                    _store(outcome, cell)
     finally:
+        claims.close()
         if executor is not None:
-            _end_workers(executor)
+            executor.close()
+        clean_temporaries(cells_dir, older_than=TEMPORARY_AGE)
         for s, handler in previous.items():
             signal.signal(s, handler)
     return outcome
 
 
-def _end_workers(executor: ProcessPoolExecutor) -> None:
-    """Cancel what has not started and end the worker processes now."""
-    processes = list((getattr(executor, "_processes", None) or {}).values())
-    executor.shutdown(wait=False, cancel_futures=True)
-    for proc in processes:
-        if proc.is_alive():
-            proc.terminate()
-    deadline = time.monotonic() + 5
-    for proc in processes:
-        proc.join(max(0.0, deadline - time.monotonic()))
-        if proc.is_alive():
-            proc.kill()
-            proc.join(1)
+def _callback(finished: Callable[[Cell, dict[str, Any]], None],
+              group: list[Cell]) -> Callable[[int, dict[str, Any]], None]:
+    """``done(i, doc)`` for a task: item ``i`` of ``group`` is stored."""
+    def done(i: int, doc: dict[str, Any]) -> None:
+        finished(group[i], doc)
+    return done
+
+
+def _failed(outcome: Outcome, group: list[Cell], err: BaseException, keep_going: bool,
+            queue: deque[list[Cell]], claims: Any) -> None:
+    """A task raised: stop the run, or record the cell(s) that raised and queue the rest."""
+    if not isinstance(err, CellFailed):
+        raise err
+    if not keep_going:
+        raise err
+    unfinished = [c for c in group if c.digest() not in outcome.cells
+                  and c.digest() not in outcome.oracles]
+    failing = [c for c in unfinished if c.digest() == err.cell] or unfinished
+    for cell in failing:
+        outcome.failures[cell.digest()] = err
+        claims.release(cell.digest())
+    if outcome.failed is None:
+        outcome.failed = err
+    rest = [c for c in unfinished if c not in failing]
+    if rest:
+        queue.appendleft(rest)
+
+
+def _look_at_waiting(waiting: list[Cell], outcome: Outcome, fresh: Callable, finished: Callable,
+                     claims: Any) -> tuple[list[Cell], list[Cell]]:
+    """Cells another run claimed: (still waiting, taken over because their claim expired);
+    the ones it stored meanwhile are finished here."""
+    still, taken = [], []
+    for cell in waiting:
+        digest = cell.digest()
+        if digest in outcome.cells or digest in outcome.oracles:
+            continue
+        if fresh(cell) is not None:
+            finished(cell, None, computed=False)
+        elif claims.take(digest):
+            if fresh(cell) is not None:
+                finished(cell, None, computed=False)
+            else:
+                taken.append(cell)
+        else:
+            still.append(cell)
+    return still, taken
 
 
 def _stored_since(cells_dir: str, cell: Cell, since_ns: int) -> bool:
@@ -478,11 +671,11 @@ def _stored_since(cells_dir: str, cell: Cell, since_ns: int) -> bool:
         return False
 
 
-def _store(outcome: Outcome, cell: Cell, doc: dict[str, Any]) -> None:
+def _store(outcome: Outcome, cell: Cell) -> None:
     if cell.policy is None:
-        outcome.oracles[cell.digest()] = doc["oracle"]
+        outcome.oracles.add(cell.digest())
     else:
-        outcome.cells[cell.digest()] = doc
+        outcome.cells.add(cell.digest())
 
 
 def _what(cell: Cell) -> str:

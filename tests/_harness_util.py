@@ -12,8 +12,13 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 TINY_MAIN = os.path.join(TESTS, "_tiny_workload.py")
 
 
+DASK_PRELOAD = {"DASK_DISTRIBUTED__WORKER__PRELOAD": json.dumps([TINY_MAIN])}
+"""Dask's own configuration (an environment variable): every Dask worker imports the test
+workloads (tests/_tiny_workload.py ``dask_setup``) when it starts."""
+
+
 def env(charts: bool = False) -> dict[str, str]:
-    e = dict(os.environ)
+    e = dict(os.environ, **DASK_PRELOAD)
     if not charts:
         e["TINY_NO_CHARTS"] = "1"
     e["PYTHONPATH"] = os.pathsep.join([ROOT, TESTS] + ([e["PYTHONPATH"]] if e.get("PYTHONPATH") else []))

@@ -140,3 +140,9 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def dask_setup(worker=None) -> None:
+    """Dask worker preload hook (``DASK_DISTRIBUTED__WORKER__PRELOAD``): the test workloads in a
+    Dask worker process."""
+    install()

@@ -38,6 +38,8 @@ def stored(tmp_path_factory) -> Path:
     unknown["meta"]["experiment"]["cost_profile"] = "pentium-9"
     (base / "unknown-profile.json").write_text(json.dumps(unknown))
     (base / "a-file").write_text("not a folder\n")
+    r = bench("run", *TINY, "--seeds", "2", "--out", str(base / "res2"))
+    assert r.returncode == 0, r.stderr
     (base / "lackey-dir").mkdir()
     from bench import ops as O
     from bench.trace import write_trace
@@ -106,6 +108,25 @@ CASES = [
           words=("pentium-9",)),
     _case("run", "--from", "STORED/huge.json", words=("0 to 2^63-1",)),
     _case("run", "--from", "STORED/res", "--seeds", "2", words=("drop --seeds",)),
+    _case("run", *TINY, "--shard", "3/2", words=("--shard", "from 1 to 2")),
+    _case("run", *TINY, "--shard", "0/0", words=("--shard", "number of shards")),
+    _case("run", *TINY, "--shard", "1/", words=("--shard", "expected I/N")),
+    _case("run", *TINY, "--scheduler", "localhost:8786", words=("--scheduler", "tcp://HOST:PORT")),
+    _case("run", *TINY, "--scheduler", "tcp://h:99999", words=("--scheduler", "port")),
+    _case("run", *TINY, "--dask", "cluster", words=("--dask", "local:N")),
+    _case("run", *TINY, "--dask", "local:0", words=("--dask", "from 1 to")),
+    _case("run", *TINY, "--dask", "local", "--scheduler", "tcp://h:1", words=("not allowed with",)),
+    _case("run", *TINY, "--seed-start", "-2", words=("--seed-start",)),
+    _case("run", *TINY, "--keep-going=yes", words=("--keep-going",)),
+    # merge
+    _case("merge", "STORED/res", "STORED/res2", "--out", "STORED/m", words=(
+        "res2 holds another experiment", "seeds")),
+    _case("merge", "STORED/res", "--out", "/proc/x", words=("/proc/x",)),
+    _case("merge", "STORED/res", "--out", "STORED/a-file", words=("not a folder",)),
+    _case("merge", "STORED/absent", "--out", "STORED/m", words=("absent", "not a folder")),
+    _case("merge", "STORED/lackey-dir", "--out", "STORED/m", words=("cannot read",)),
+    _case("merge", "STORED/res", words=("--out",)),
+    _case("merge", "STORED/res", "--out", "STORED/m", "--shard", "1/2", words=("unrecognized",)),
     # sweep
     _case("sweep", *TINY, "--grid", "pages", words=("malformed --grid", "KEY=V1,V2")),
     _case("sweep", *TINY, "--grid", "pages=1,2", "--grid", "pages=3", words=("given twice",)),

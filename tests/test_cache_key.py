@@ -85,12 +85,16 @@ def test_core_digest_covers_the_simulator_and_skips_presentation(tmp_path):
 
 
 def test_a_cell_never_imports_the_presentation_modules():
-    """What PRESENTATION leaves out of the key must not run inside a cell."""
+    """What PRESENTATION leaves out of the key must not run inside a cell (what a worker runs:
+    bench.runner.compute_group, as every executor calls it)."""
     code = ("import sys, tempfile\n"
             "from bench import runner, experiment as exp\n"
             "e = exp.build(['always-emulate', 'ski-rental', 'oracle', 'tdp', 'unsync'],\n"
             "              ['kmap:quick=true', 'linear-scan:quick=true'], seeds=1)\n"
-            "runner.execute(e, tempfile.mkdtemp(), 1)\n"
+            "d = tempfile.mkdtemp()\n"
+            "for c in e.oracle_cells() + e.cells():\n"
+            "    runner.compute(c.key(), c.digest(), d)\n"
+            "runner.compute_remote([(c.key(), c.digest()) for c in e.cells()[:2]], d)\n"
             "print('\\n'.join(m for m in sys.modules))\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)

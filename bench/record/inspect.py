@@ -102,7 +102,7 @@ def render(s: Summary, top: int = 10) -> str:
         lines.append(f"  {n:>10,}  {sym}")
     proof = h.get("proof", {})
     lines.append("")
-    lines.append("scenario proof (/proc/vmstat after - before): " + ", ".join(
+    lines.append("scenario proof (checked): " + ", ".join(
         f"{k} {v:,}" for k, v in (proof.get("checked") or {}).items()))
     out = proof.get("scenario_output") or {}
     if out:

@@ -255,3 +255,13 @@ def test_mixed_each_part_in_its_phases(name):
     assert young and all(F.INSN_NAMES[e.insn] == "btr" and not e.value & 0x20 for e in young)
     proof = rec.header["proof"]["checked"]
     assert min(proof[f"reclaim.{k}"] for k in ("pgscan", "pgsteal", "pswpout", "pswpin")) > 0
+
+
+def test_inspect_shows_the_proof_and_the_phases(capsys):
+    from bench.__main__ import main
+    assert main(["inspect", str(ROOT / "demand-paging-686.rec")]) == 0
+    out = capsys.readouterr().out
+    assert "scenario proof (checked): demand.minflt 4,096, demand.pages 4,096" in out
+    assert "demand.va=" in out and "-icount yes (deterministic)" in out
+    header = next(line for line in out.splitlines() if line.split()[:1] == ["start"])
+    assert header.split() == ["start", "touch", "unmap"]

@@ -20,7 +20,8 @@ def add_record_verbs(sub: argparse._SubParsersAction) -> None:
                    help=f"Debian i386 kernel flavour: {', '.join(KERNELS)}")
     p.add_argument("--out", required=True, metavar="FILE.rec", help="the recording to write")
     p.add_argument("--icount", action="store_true",
-                   help="deterministic clock (-icount shift=0,sleep=off; about 2.5x slower)")
+                   help="deterministic run (-icount shift=0,sleep=off and an RTC on the virtual "
+                        "clock): two recordings of a scenario have identical events")
     p.add_argument("--work", metavar="DIR", help="cache of packages and builds "
                                                  "(default ~/.cache/shadowbench/record)")
     p.add_argument("--timeout", type=float, default=1800, metavar="S",

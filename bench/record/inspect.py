@@ -84,6 +84,7 @@ def render(s: Summary, top: int = 10) -> str:
     phases = sorted(s.by_phase)
     lines.append("by phase: " + ", ".join(
         f"{_phase_name(h, p)} ({s.phase_insns.get(p, 0):,} insns)" for p in phases))
+    lines.append(f"  {'':<8}" + "".join(f"{_phase_name(h, p)[:13]:>14}" for p in phases))
     for kind in format.KIND_NAMES:
         if s.kinds.get(kind):
             lines.append(f"  {kind:<8}" + "".join(f"{s.by_phase[p].get(kind, 0):>14,}"
@@ -102,7 +103,7 @@ def render(s: Summary, top: int = 10) -> str:
         lines.append(f"  {n:>10,}  {sym}")
     proof = h.get("proof", {})
     lines.append("")
-    lines.append("scenario proof (/proc/vmstat after - before): " + ", ".join(
+    lines.append("scenario proof (checked): " + ", ".join(
         f"{k} {v:,}" for k, v in (proof.get("checked") or {}).items()))
     out = proof.get("scenario_output") or {}
     if out:

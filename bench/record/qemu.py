@@ -14,6 +14,10 @@ from bench.record.errors import EnvironmentFailure
 MEMORY_MB = 1536
 """Guest memory: about 655 MB of it is highmem, so HIGHPTE page tables live there."""
 QEMU = "qemu-system-i386"
+ICOUNT_RTC = "base=2026-01-01T00:00:00,clock=vm"
+"""With -icount the RTC follows the virtual clock from a fixed date: QEMU's default RTC follows the
+host's, and its update cycle (the UIP bit the kernel polls, the time it seeds its RNG with) would
+make the run depend on when it happened."""
 MARK_VA = 0x5B000000
 """The page guest/sbload.c stores phase marks to (must match it)."""
 
@@ -62,7 +66,7 @@ def boot(work: Path, kernel: Path, initrd: Path, plugin: Path, pae: bool, icount
            "-d", "mmu", "-D", str(mmulog),
            "-plugin", f"{plugin},out={events},log={mmulog},pae={int(pae)},ram={ram},mark={MARK_VA:#x}"]
     if icount:
-        cmd[1:1] = ["-icount", "shift=0,sleep=off"]
+        cmd[1:1] = ["-icount", "shift=0,sleep=off", "-rtc", ICOUNT_RTC]
     start = time.monotonic()
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from bench.cell import NATIVE_RUN_NOTE, CellResult, build_run, run_cells
 from bench.errors import BenchError
 from bench.experiment import Cell, Experiment
-from bench.files import atomic_write_text
+from bench.files import atomic_write_text, writer_is_gone
 from bench.recording import DEFAULT_BUDGET
 from bench.registry import make_workload
 
@@ -52,10 +52,11 @@ that)."""
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """The signals that stop a run cleanly (Ctrl-C, kill, a closed terminal): finished cells kept."""
 POLL_SECONDS = 0.5
+"""How often the parent looks for cells a worker stored before its whole group finished."""
 TEMPORARY_AGE = 300.0
 """A temporary file in the cells folder older than this (seconds) was left by a killed writer;
-a younger one may be another run's cell being written (runs may share a folder)."""
-"""How often the parent looks for cells a worker stored before its whole group finished."""
+a younger one written on another host may be another run's cell being written (runs may share a
+folder); one whose writer on this host has ended is removed at once."""
 
 
 class Interrupted(Exception):
@@ -274,8 +275,9 @@ def load_cached(cells_dir: str, cell: Cell) -> dict[str, Any] | None:
 
 
 def clean_temporaries(cells_dir: str, older_than: float = 0.0) -> None:
-    """Remove temporary files a killed writer left behind (those older than ``older_than``
-    seconds)."""
+    """Remove temporary files a killed writer left behind: those whose writer was a process of
+    this host that has ended (bench.files.writer_is_gone), and any older than ``older_than``
+    seconds (a writer on another host sharing the folder)."""
     try:
         names = os.listdir(cells_dir)
     except OSError:
@@ -285,7 +287,8 @@ def clean_temporaries(cells_dir: str, older_than: float = 0.0) -> None:
         if name.endswith(".tmp"):
             try:
                 path = os.path.join(cells_dir, name)
-                if older_than <= 0 or os.stat(path).st_mtime < limit:
+                if (older_than <= 0 or writer_is_gone(name)
+                        or os.stat(path).st_mtime < limit):
                     os.unlink(path)
             except OSError:
                 pass

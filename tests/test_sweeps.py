@@ -453,3 +453,31 @@ def test_a_killed_dask_run_leaves_no_process_and_the_next_run_resumes(tmp_path):
     assert volatile["cells_reused"] >= finished.count("cell")  # the claims of the dead run expired
     assert volatile["cells_reused"] + volatile["cells_computed"] == 6
     assert not list((out / "cells").glob("*.claim"))
+
+
+def test_temporaries_of_ended_writers_go_at_once_others_wait_for_their_age(tmp_path):
+    """A killed worker's half-written cell is removed when the run cleans up, however young; a
+    live writer's (this process) and another host's young one are kept; an old one goes."""
+    import os
+    import socket
+    import subprocess
+    import time
+
+    from bench.files import OWNER_SEP, owner_tag
+    from bench.runner import TEMPORARY_AGE, clean_temporaries
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    host = socket.gethostname().replace(OWNER_SEP, "_")
+    names = {
+        "dead": f".a.json{OWNER_SEP}{host}-{ended.pid}{OWNER_SEP}x1.tmp",
+        "live": f".b.json{OWNER_SEP}{owner_tag()}{OWNER_SEP}x2.tmp",
+        "remote": f".c.json{OWNER_SEP}elsewhere.example-1{OWNER_SEP}x3.tmp",
+        "old": f".d.json{OWNER_SEP}elsewhere.example-1{OWNER_SEP}x4.tmp",
+    }
+    for name in names.values():
+        (tmp_path / name).write_text("{")
+    past = time.time() - TEMPORARY_AGE - 10
+    os.utime(tmp_path / names["old"], (past, past))
+    clean_temporaries(str(tmp_path), older_than=TEMPORARY_AGE)
+    assert sorted(os.listdir(tmp_path)) == sorted([names["live"], names["remote"]])

@@ -26,12 +26,13 @@ def _recording_path(value: str) -> str | None:
 
 
 class GuestReplay(Workload):
+    seeded = False
     name = "guest"
     summary = ("replay a recorded real 32-bit Linux guest (guest:NAME of a shipped recording, or "
                "guest:FILE.rec; docs/real-guests.md)")
     params = {
-        "recording": Param(str, "", "a shipped recording's name (python -m bench list) or a "
-                           ".rec file (required)", input_file=_recording_path),
+        "recording": Param(str, "", "a shipped recording (" + ", ".join(replay.shipped())
+                           + ") or a .rec file (required)", input_file=_recording_path),
         "events": Param(int, 0, "replay only the first N events, ending the phase there "
                         "(0: the whole recording)", minimum=0),
         "quick": Param(bool, False, "accepted for uniformity; a recording has its own size "

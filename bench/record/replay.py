@@ -10,7 +10,8 @@ reasons and the measured consequences):
   (the PTI user copy, root + 0x1000, when both copies map it);
 - ``store``: a STORE of the recorded width and bytes at the recorded *virtual* address (the
   executors translate it through the guest tables, which give the recorded physical address for
-  every store of every shipped recording: tests/test_guest_replay.py checks it); a 4-byte
+  every store of the shipped recordings: docs/real-guests.md; tests/test_guest_replay.py checks
+  it on a prefix of each); a 4-byte
   ``btr`` becomes a locked BTR of the bit it cleared (bit 5 when the value has A clear); the
   classes the emulator distinguishes (mov, xchg, cmpxchg, cmpxchg8b, or, and) keep their class,
   the rest (stos, movs, xadd, add, sub, push, bts, other) are STOREs of class mov;
@@ -29,8 +30,9 @@ reasons and the measured consequences):
 - ``mark``: a MARK when a phase ends (arg: the phase that ended);
 - the instruction counts between events become gaps (bench.ops.gap) that cost no native cycles.
 
-Only a bounded state is kept (the tables' virtual bases, a few pending walks), so memory does not
-grow with the recording's length (benchmarks/replay_memory.py checks it).
+Only a bounded state is kept (the tables' virtual bases and levels, a few pending walks; the
+decoder's buffers are bounded by bench.record.format.CHUNK), so memory does not grow with the
+recording's length (``python -m bench.perf --replay-memory`` measures it, docs/performance.md).
 """
 
 from __future__ import annotations
@@ -90,6 +92,10 @@ def check(path: Path) -> fmt.Recording:
     if rec.header.get("entry_bytes") not in (4, 8):
         raise fmt.RecordingError(f"{path}: header entry_bytes {rec.header.get('entry_bytes')!r} "
                                  f"is not 4 or 8 (an i386 recording)")
+    vcpus = (rec.header.get("provenance") or {}).get("vcpus", 1)
+    if vcpus != 1:
+        raise fmt.RecordingError(f"{path}: a recording of {vcpus!r} vCPUs; the replay handles "
+                                 "one (the recorder makes one)")
     if not marks or not snapshot:
         raise fmt.RecordingError(f"{path}: the recording has no {'mark' if not marks else 'snapshot'}"
                                  " events; nothing to replay")
@@ -99,8 +105,8 @@ def check(path: Path) -> fmt.Recording:
 class Replayer:
     """Streams one recording's operations for one vCPU (the shipped recordings have one).
 
-    ``limit`` stops after that many events (0: all), at the end of a phase's MARK so counters
-    stay per phase; ``stats`` counts what the replay approximated (docs/real-guests.md)."""
+    ``limit`` stops after that many events after the snapshot (0: all) and closes the phase
+    with a MARK; ``stats`` counts what the replay approximated (docs/real-guests.md)."""
 
     def __init__(self, path: Path, limit: int = 0) -> None:
         self.rec = fmt.open_recording(path)
@@ -109,6 +115,7 @@ class Replayer:
         self.guest = Guest(self.pae, 0, cpus=1, kernel_tables=False)
         self.limit = limit
         self.vbase: dict[int, int] = {}  # table frame -> first virtual address it maps
+        self.level: dict[int, int] = {}  # table frame -> its level when it last became one
         self.stats: dict[str, int] = {}
         self.snapshot_events = 0
         self.cr3 = self._load_snapshot()
@@ -135,6 +142,7 @@ class Replayer:
             for i in range(len(e.payload) // 4):
                 page[base + i] = int.from_bytes(e.payload[4 * i:4 * i + 4], "little")
             self.vbase[e.pa >> 12] = e.va
+            self.level[e.pa >> 12] = e.arg
             if e.arg == levels:
                 roots.append(e.pa)
         if mark_va is None:
@@ -219,6 +227,7 @@ class Replayer:
                 yield (INVLPG, 0, e.va, 0, 0, "invlpg")
             elif kind == fmt.TABLE:
                 self.vbase[e.pa >> 12] = e.va
+                self.level[e.pa >> 12] = e.arg
                 for op in self._table_ops(e):
                     yield op
             elif kind == fmt.MARK:

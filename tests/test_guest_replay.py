@@ -296,3 +296,18 @@ def test_shipped_recording_conforms_under_every_policy(name, spec):
     frames = set(ref.guest.mem.tables) | _table_frames(name)
     mask = bool(getattr(policy, "tlb_like", False))
     assert _image(run.guest.mem, frames, mask) == _image(ref.guest.mem, frames, mask)
+
+
+def test_validation_counts_on_the_tiny_recording(tiny):
+    """bench.record.validate on the tiny recording: two writes reach T (the mov mapping a third
+    page, the btr), both user-pte writes; the btr clears A of a present, young pte; no fixmap
+    table, so no kmap mapping; from the first mark (1000) to the last (1100): 100 instructions; no CR3 load, one INVLPG (1e7 per 1e9)."""
+    from bench.record import validate
+
+    row = validate.measure_recording(str(tiny))
+    assert row["pt_stores"] == 2
+    assert row["user_pte_writes_by_insn"] == {"btr": 0.5, "mov": 0.5}
+    assert row["accessed_clears"] == 1
+    assert row["kmap_mappings"] == 0 and row["fixmap_share"] == 0.0
+    assert row["instructions"] == 100
+    assert row["cr3_per_1e9"] == 0 and row["invlpg_per_1e9"] == 1e7

@@ -176,7 +176,9 @@ def measure_recording(name: str) -> dict[str, Any]:
     scanned = checked.get("pgscan")
     icounts = [e.icount for e in player.rec.events() if e.kind == 6]
     insns = icounts[-1] - icounts[0] if len(icounts) > 1 else 0
-    return _row(f"real {name}", m, insns, int(scanned) if scanned else None)
+    row = _row(f"real {name}", m, insns, int(scanned) if scanned else None)
+    row["replay_stats"] = dict(sorted(player.stats.items()))
+    return row
 
 
 def measure_synthetic(name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -233,7 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = [measure_recording(name) for name in sorted(replay.shipped())]
     rows += [measure_synthetic(name, params) for name, params in SYNTHETIC]
-    text = markdown(rows)
+    text = markdown(rows) + "\n\nWhat the replay approximated (bench.record.replay.Replayer.stats):\n\n" + \
+        "\n".join(f"- {r['workload']}: " + ", ".join(f"{k} {v:,}" for k, v in
+                                                  r["replay_stats"].items())
+                  for r in rows if "replay_stats" in r)
     print(text)
     if args.out:
         atomic_write_text(os.path.join(args.out, "validation.md"), text + "\n")

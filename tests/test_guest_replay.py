@@ -311,3 +311,30 @@ def test_validation_counts_on_the_tiny_recording(tiny):
     assert row["kmap_mappings"] == 0 and row["fixmap_share"] == 0.0
     assert row["instructions"] == 100
     assert row["cr3_per_1e9"] == 0 and row["invlpg_per_1e9"] == 1e7
+
+
+def test_the_replay_and_the_decoder_are_in_the_cell_digest(tmp_path):
+    """bench/record holds the recorder (outside the cells' key) and the decoder and replay,
+    which run inside a guest cell: an edit to either recomputes the cells, one to the recorder
+    does not."""
+    import shutil
+    from pathlib import Path
+
+    from bench import fingerprint
+
+    root = Path(__file__).resolve().parent.parent
+    project = tmp_path / "p"
+    for package in fingerprint.PACKAGES:
+        shutil.copytree(root / package, project / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd"))
+    digest = fingerprint.core_digest.__wrapped__
+    before = digest(project)
+    with open(project / "bench" / "record" / "recorder.py", "a") as handle:
+        handle.write("\n# recorder only\n")
+    assert digest(project) == before
+    for name in ("replay.py", "format.py"):
+        with open(project / "bench" / "record" / name, "a") as handle:
+            handle.write("\n")
+        after = digest(project)
+        assert after != before, name
+        before = after

@@ -338,3 +338,15 @@ def test_the_replay_and_the_decoder_are_in_the_cell_digest(tmp_path):
         after = digest(project)
         assert after != before, name
         before = after
+
+
+def test_labels_name_the_recorded_guests_one_seed():
+    """A default run's records: kscand over 3 seeds, a recorded guest over 1. A chart or summary
+    must not say 3 seeds of the guest."""
+    from bench.charts import captions, data
+
+    recs = [{"workload_label": "kscand", "workload": "kscand", "seed": s} for s in range(3)]
+    recs.append({"workload_label": "guest[recording=x]", "workload": "guest", "seed": 0})
+    assert data.seeds_text(recs) == "3 seeds (1 for the recorded guests)"
+    assert data.seeds_text(recs[:3]) == "3 seeds"
+    assert captions._spread(recs[3:]) == "min-max over 1 seed"

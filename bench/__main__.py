@@ -509,7 +509,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     lines.append("")
     lines.append("default run: every policy on " + ", ".join(
         exp.label(n, p, set(p)) for n, p in exp.DEFAULT_WORKLOADS)
-        + f"; {exp.DEFAULT_SEEDS} seeds; cost profile {costs.DEFAULT_PROFILE}")
+        + f"; {exp.DEFAULT_SEEDS} seeds (1 for a recorded guest, whose replay does not depend "
+        f"on the seed); cost profile {costs.DEFAULT_PROFILE}")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 

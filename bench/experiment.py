@@ -31,13 +31,17 @@ MAX_SEED_START = 2**31
 MAX_CELLS = 1_000_000
 """The most cells an experiment may have (policies x workload entries x seeds)."""
 KMAP_KERNELS = ("rhel3", "rhel3-debug", "2.6.20")
+REAL_GUESTS = ("reclaim-686-pae", "reclaim-686", "fork-exit-686-pae", "fork-exit-686")
+"""The shipped recordings (recordings/README.md) in the default comparison."""
 DEFAULT_WORKLOADS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("kscand", {}),
     ("linear-scan", {}),
     *(("kmap", {"pae": pae, "kernel": kernel}) for pae in (False, True) for kernel in KMAP_KERNELS),
+    *(("guest", {"recording": name}) for name in REAL_GUESTS),
 )
 """The default comparison (issue 5): kscand, linear-scan, and kmap with and without PAE under
-the three kmap variants that differ most."""
+the three kmap variants that differ most; and (issue 19) the shipped recordings of a real 6.1
+guest, PAE and not (one seed each: a replay does not depend on the seed)."""
 
 PROFILE_PARAM = "cost_profile"
 """A policy parameter that, when the user does not set it, takes the run's cost profile."""
@@ -121,10 +125,16 @@ class Experiment:
 
     def cells(self) -> list[Cell]:
         """Every policy cell, in the order records are stored (workload, policy, seed)."""
-        return [Cell(p, w, s) for w in self.workloads for p in self.policies for s in self.seeds]
+        return [Cell(p, w, s) for w in self.workloads for p in self.policies
+                for s in self.seeds_of(w)]
 
     def oracle_cells(self) -> list[Cell]:
-        return [Cell(None, w, s) for w in self.workloads for s in self.seeds]
+        return [Cell(None, w, s) for w in self.workloads for s in self.seeds_of(w)]
+
+    def seeds_of(self, workload: Entry) -> list[int]:
+        """The seeds a workload entry runs: all, or the first for one whose stream does not
+        depend on the seed (``Workload.seeded`` False: a recorded guest)."""
+        return self.seeds if registry.workload_class(workload.name).seeded else self.seeds[:1]
 
     def as_dict(self) -> dict[str, Any]:
         return {

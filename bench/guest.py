@@ -64,7 +64,10 @@ class Guest:
     """Guest physical memory plus the kernel's view of it (allocators, processes, fixmap)."""
 
     def __init__(self, pae: bool, highmem_pages: int, lowmem_pages: int | None = None,
-                 cpus: int = 1, highpte: bool = True) -> None:
+                 cpus: int = 1, highpte: bool = True, kernel_tables: bool = True) -> None:
+        """``kernel_tables`` False boots no kernel: memory starts empty and the caller lays out
+        the tables (a recorded guest's, bench.record.replay); the fixmap helpers then do not
+        apply."""
         if not 1 <= cpus <= MAX_CPUS:
             raise BenchError(f"cpus must be 1..{MAX_CPUS}, got {cpus}")
         if highmem_pages < 0:
@@ -83,7 +86,8 @@ class Guest:
         self._next_low = 0x400  # the first 4 MiB hold the kernel image
         self._next_high = lowmem_pages
         self.processes: list[Process] = []
-        self._build_kernel_tables()
+        if kernel_tables:
+            self._build_kernel_tables()
 
     # -- allocation ----------------------------------------------------------------------------
     def alloc_low(self) -> int:

@@ -98,13 +98,21 @@ def resolve(owner: str, schema: Mapping[str, Param], given: Mapping[str, Any]) -
     return out
 
 
+BARE_VALUE: dict[str, str] = {"guest": "recording"}
+"""Names whose spec may be ``NAME:VALUE`` (no ``=``), meaning ``NAME:KEY=VALUE``: ``-w guest:PATH``
+(the whole rest is the value, so a path may hold commas)."""
+
+
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """``NAME[:k=v,...]`` -> (NAME, {k: v}); a malformed pair is an error."""
+    """``NAME[:k=v,...]`` -> (NAME, {k: v}); a malformed pair is an error. For a name in
+    BARE_VALUE, ``NAME:VALUE`` without ``=`` is ``NAME:KEY=VALUE``."""
     name, _, rest = spec.partition(":")
     name = name.strip()
     if not name:
         raise BenchError(f"empty name in {spec!r} (expected NAME[:key=value,...])")
     pairs: dict[str, str] = {}
+    if name in BARE_VALUE and rest.strip() and "=" not in rest:
+        return name, {BARE_VALUE[name]: rest.strip()}
     if rest.strip():
         for item in rest.split(","):
             key, eq, value = item.partition("=")

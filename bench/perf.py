@@ -206,8 +206,43 @@ def memory_suite(extra: list[str]) -> None:
               f"peak RSS {result['peak_rss_mib']:.0f} MiB")
 
 
+def _peak_rss_of_replay(recording: str, events: int) -> dict:
+    """Peak RSS of replaying the first ``events`` events of a recording natively (generation
+    and execution, no shared-run recording: the replay's own memory)."""
+    code = (
+        "import json, random, resource, time\n"
+        "from bench.machine.native import NativeMachine\n"
+        "from bench.registry import make_workload\n"
+        f"run = make_workload('guest', {{'recording': {recording!r}, 'events': {events}}})"
+        ".build(random.Random(0))\n"
+        "m = NativeMachine(run.guest.mem, run.guest.mode, run.cr3s)\n"
+        "t = time.perf_counter(); n = 0\n"
+        "for op in run.ops:\n    m.step(op); n += 1\n"
+        "print(json.dumps({'ops': n, 'seconds': time.perf_counter() - t,\n"
+        "  'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+REPLAY_RECORDING = "reclaim-686-pae"
+REPLAY_PREFIXES = (10_000, 90_000, 180_000, 360_000, 0)
+"""Event prefixes of the largest shipped recording (0: all of its 723,842 events)."""
+
+
+def replay_memory_suite() -> None:
+    """A recorded guest's replay streams: peak RSS against the number of events replayed."""
+    print(f"replay of {REPLAY_RECORDING} (native): events, operations, seconds, peak RSS")
+    for events in REPLAY_PREFIXES:
+        r = _peak_rss_of_replay(REPLAY_RECORDING, events)
+        print(f"  {events or 'all':>8}  {r['ops']:>9,} ops  {r['seconds']:6.1f} s  "
+              f"{r['peak_rss_mib']:5.1f} MiB")
+
+
 def main() -> None:
-    if "--memory" in sys.argv:
+    if "--replay-memory" in sys.argv:
+        replay_memory_suite()
+    elif "--memory" in sys.argv:
         memory_suite(sys.argv[1:])
     else:
         speed_suite()

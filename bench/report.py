@@ -10,6 +10,8 @@ from bench import stats
 from bench.files import atomic_write_text
 
 REPORT_MD = "report.md"
+REAL_GUEST = "guest"
+"""The workload that replays a recorded real guest: its tables carry the era markers."""
 IMAGE_FORMATS = ("png", "svg", "pdf")
 """The format a chart is embedded in: the first of these that was written."""
 
@@ -29,8 +31,11 @@ def _spread(values: list[float], digits: int, suffix: str = "") -> str:
     return text
 
 
-def summary_table(records: list[dict[str, Any]]) -> str:
-    """One row per policy: mean (min-max over seeds) of each column, cheapest policy first."""
+def summary_table(records: list[dict[str, Any]], marked: bool = False) -> str:
+    """One row per policy: mean (min-max over seeds) of each column, cheapest policy first;
+    ``marked`` adds each policy's era marker (bench.record.era: a real guest's table)."""
+    from bench.record import era
+
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault(r["policy_label"], []).append(r)
@@ -39,7 +44,7 @@ def summary_table(records: list[dict[str, Any]]) -> str:
     for label in order:
         rs = groups[label]
         rows.append([
-            label,
+            era.marked(rs[0]["policy"], label) if marked else label,
             _spread([r["counters"].get("exits", 0) for r in rs], 0),
             _spread([r["counters"].get("mmu_pte_write", 0) for r in rs], 0),
             _spread([stats.unshadows(r["counters"]) for r in rs], 0),
@@ -149,6 +154,8 @@ def report_text(doc: dict[str, Any], charts: list[str], folder: str) -> str:
     profile = meta["cost_profile"]
     vol = meta.get("volatile", {})
     seeds = len(meta["seeds"])
+    one_seed = sorted({r["workload_label"] for r in doc["records"]
+                       if r["workload"] == REAL_GUEST}) if seeds > 1 else []
     lines = ["# shadowbench results", ""]
     if not doc["complete"]:
         failed = any(n.startswith("stopped because a cell raised") for n in meta.get("notes", []))
@@ -167,7 +174,9 @@ def report_text(doc: dict[str, Any], charts: list[str], folder: str) -> str:
     lines += [f"- note: {n}" for n in meta.get("notes", [])]
     lines += ["", f"Each cell is the mean over seeds with, in brackets, the min-max over {seeds} "
               f"seed{'s' if seeds != 1 else ''} (the value alone where the min and the max round to "
-              "the same). "
+              "the same)"
+              + ("; a recorded guest's replay does not depend on the seed, so it ran with the "
+                 f"first seed only ({', '.join(one_seed)})" if one_seed else "") + ". "
               "Rows are ordered by mean cycles, cheapest first. Overhead is simulated cycles over "
               "native cycles; opt ratio is the cycles of the policy's decisions over the offline "
               "optimum's (`-` outside the optimum's model).", ""]
@@ -178,7 +187,12 @@ def report_text(doc: dict[str, Any], charts: list[str], folder: str) -> str:
         by_workload.setdefault(r["workload_label"], []).append(r)
     shown = set()
     for wl, rows in by_workload.items():
-        lines += [f"## {wl}", "", summary_table(rows), ""]
+        real = rows[0]["workload"] == REAL_GUEST
+        lines += [f"## {wl}", "", summary_table(rows, marked=real), ""]
+        if real:
+            from bench.record import era
+
+            lines += [era.LEGEND, ""]
         for name in (f"cycles-{slug(wl)}", f"traps-{slug(wl)}"):
             if name in images:
                 lines += _image(name, images[name], folder, doc)

@@ -101,9 +101,9 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def summary_text(doc: dict[str, Any]) -> str:
     """The per-workload summary tables printed after a run."""
     profile = doc["meta"]["cost_profile"]["name"]
-    seeds = len(doc["meta"]["seeds"])
     parts = []
     for wl, rows in summary_rows(doc["records"]).items():
+        seeds = len({r["seed"] for r in doc["records"] if r["workload_label"] == wl})
         parts.append(f"{wl}  (cost profile {profile}; means over {seeds} seed(s))")
         parts.append(text_table(list(SUMMARY_COLUMNS), [format_row(r) for r in rows]))
         parts.append("")

@@ -41,6 +41,9 @@ class Workload:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
+    seeded: ClassVar[bool] = True
+    """False when the stream does not depend on the seed (a recorded guest): an experiment then
+    runs the workload with its first seed only, since more seeds would repeat the same run."""
     quick_sizes: ClassVar[dict[str, Any]] = {}
     """What ``quick=true`` means: the most each listed parameter may be in a quick run. A listed
     parameter that is not given explicitly takes min(its default, this value); one given

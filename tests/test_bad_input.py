@@ -54,6 +54,9 @@ def stored(tmp_path_factory) -> Path:
     (base / "wide-cr3.trace").write_text(text + "0 cr3 0xffffffffff\n")
     (base / "wide-table.trace").write_text(text.replace("ops\n", "", 1).replace(
         "mode nonpae\n", f"mode nonpae\ntable {1 << 60:#x}\n") + "ops\n")
+    (base / "not-a-recording.rec").write_text("not a recording\n")
+    shipped = Path(ROOT) / "recordings" / "fork-exit-686.rec"
+    (base / "truncated.rec").write_bytes(shipped.read_bytes()[:100_000])
     ro = base / "read-only"
     ro.mkdir()
     ro.chmod(0o555)
@@ -104,6 +107,15 @@ CASES = [
           words=("cannot read",)),
     _case("run", "-p", "always-emulate", "-w", "linear-scan:pattern=lackey:STORED/lackey-dir",
           words=("is a folder",)),
+    _case("run", "-p", "always-emulate", "-w", "guest:STORED/absent.rec",
+          words=("cannot read recording", "absent.rec")),
+    _case("run", "-p", "always-emulate", "-w", "guest:STORED/not-a-recording.rec",
+          words=("not a shadowbench recording",)),
+    _case("run", "-p", "always-emulate", "-w", "guest:STORED/truncated.rec",
+          words=("truncated", "byte offset")),
+    _case("run", "-p", "always-emulate", "-w", "guest:reclaim-686-nopae",
+          words=("unknown recording", "reclaim-686-pae")),
+    _case("run", "-p", "always-emulate", "-w", "guest", words=("needs a recording",)),
     _case("run", "--from", "STORED/unknown-profile.json", "--no-progress",
           words=("pentium-9",)),
     _case("run", "--from", "STORED/huge.json", words=("0 to 2^63-1",)),

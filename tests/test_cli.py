@@ -285,8 +285,10 @@ def test_default_workloads_validate():
 
     exp = experiment.build(["always-emulate"], None, [], True, 1)
     labels = [w.label for w in exp.workloads]
-    assert labels[:2] == ["kscand[quick=true]", "linear-scan[quick=true]"] and len(labels) == 8
-    assert len(set(labels)) == 8
+    assert labels[:2] == ["kscand[quick=true]", "linear-scan[quick=true]"] and len(labels) == 12
+    assert len(set(labels)) == 12
+    assert [w.params["recording"] for w in exp.workloads if w.name == "guest"] == [
+        "reclaim-686-pae", "reclaim-686", "fork-exit-686-pae", "fork-exit-686"]
 
 
 def test_charts_drawn_in_parallel_are_the_same_files(tiny_results, tmp_path):

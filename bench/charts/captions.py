@@ -19,13 +19,17 @@ def _guest(record: data.Record) -> str:
     return f"guest {record['workload']}: {params or 'defaults'}" + (f"; sizes: {sizes}" if sizes else "")
 
 
+def _spread(records: list[data.Record]) -> str:
+    """``min-max over 3 seeds`` (with the recorded guests' one seed named, bench.charts.data)."""
+    return f"min-max over {data.seeds_text(records)}"
+
+
 def caption(doc: dict[str, Any], name: str) -> str:
     from bench.charts import kind_of, slug, sweep
 
     kind = kind_of(name)
     records = doc["records"]
-    seeds = data.seed_count(records)
-    spread = f"min-max over {seeds} seed{'s' if seeds != 1 else ''}"
+    spread = _spread(records)
     if kind in ("sweep", "sweep-ratio"):
         what = "cycles" if kind == "sweep" else "ratio to the offline optimum"
         return f"{what.capitalize()} against {sweep.caption(doc, name)}; lines: means, bands: " \
@@ -35,6 +39,7 @@ def caption(doc: dict[str, Any], name: str) -> str:
                 f"per workload (bars from 1, the optimum; whiskers: {spread}; x: outside the "
                 f"optimum's model); {_profile(doc)}.")
     record = next(r for r in records if f"{kind}-{slug(r['workload_label'])}" == name)
+    spread = _spread([r for r in records if r["workload_label"] == record["workload_label"]])
     if kind == "cycles":
         head = (f"Simulated cycles by cause per policy, stacked on the native cycles of the same "
                 f"operations (whiskers: {spread} of the total)")

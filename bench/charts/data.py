@@ -54,11 +54,24 @@ def seed_count(records: list[Record]) -> int:
     return len({r["seed"] for r in records})
 
 
+def seeds_text(records: list[Record]) -> str:
+    """``3 seeds``; ``3 seeds (1 for the recorded guests)`` when workloads ran different numbers
+    (a recorded guest's replay does not depend on the seed and runs one)."""
+    per: dict[str, set[int]] = {}
+    for r in records:
+        per.setdefault(r["workload_label"], set()).add(r["seed"])
+    counts = sorted({len(s) for s in per.values()}, reverse=True) or [0]
+    text = f"{counts[0]} seed{'s' if counts[0] != 1 else ''}"
+    for n in counts[1:]:
+        fewer = {r["workload"] for r in records if len(per[r["workload_label"]]) == n}
+        who = "the recorded guests" if fewer == {"guest"} else "some workloads"
+        text += f" ({n} for {who})"
+    return text
+
+
 def caption(doc: dict[str, Any], records: list[Record], marks: str) -> str:
     """``core2-penryn-2008 prices, 3 seeds; <what the marks mean>``."""
-    seeds = seed_count(records)
-    return (f"{doc['meta']['cost_profile']['name']} prices, {seeds} seed{'s' if seeds != 1 else ''}"
-            f"; {marks}")
+    return f"{doc['meta']['cost_profile']['name']} prices, {seeds_text(records)}; {marks}"
 
 
 # -- phases ------------------------------------------------------------------------------------

@@ -152,12 +152,16 @@ class Recording:
             handle.seek(self.body_offset)
             pos = self.body_offset
             while not decomp.eof:
-                data = handle.read(CHUNK)
-                if not data:
-                    raise RecordingError(f"{self.path}: truncated: the compressed body ends at "
-                                         f"byte offset {pos}")
+                # at most CHUNK bytes out per call: memory stays bounded however well a part of
+                # the body compresses (a replay streams, bench/record/replay.py)
+                data = b""
+                if decomp.needs_input:
+                    data = handle.read(CHUNK)
+                    if not data:
+                        raise RecordingError(f"{self.path}: truncated: the compressed body ends "
+                                             f"at byte offset {pos}")
                 try:
-                    raw = decomp.decompress(data)
+                    raw = decomp.decompress(data, max_length=CHUNK)
                 except lzma.LZMAError as exc:
                     raise RecordingError(f"{self.path}: corrupt compressed body in bytes "
                                          f"{pos}..{pos + len(data)}: {exc}") from None

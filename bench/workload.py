@@ -48,6 +48,9 @@ class Workload:
     """What ``quick=true`` means: the most each listed parameter may be in a quick run. A listed
     parameter that is not given explicitly takes min(its default, this value); one given
     explicitly keeps its value (``resolve_params``), so a label always names the size used."""
+    unbounded_zero: ClassVar[frozenset[str]] = frozenset()
+    """Listed parameters whose 0 means "no bound" (a recorded guest's ``events``): quick takes
+    the quick size for them, not min(0, quick size)."""
 
     def __init__(self, **params: Any) -> None:
         """Validate ``params`` against ``params`` (defaults filled in, quick sizes applied) and
@@ -72,5 +75,6 @@ def resolve_params(cls: type[Workload], given: dict[str, Any]) -> dict[str, Any]
     if full.get("quick") is True:
         for key, most in cls.quick_sizes.items():
             if key not in given:
-                full[key] = min(full[key], most)
+                unbounded = key in cls.unbounded_zero and full[key] == 0
+                full[key] = most if unbounded else min(full[key], most)
     return full

@@ -30,3 +30,18 @@ def test_a_set_size_wins_over_quick():
     (w,) = e.workloads
     assert w.params["processes"] == 6 and "processes=6" in w.label
     assert build_run(w.name, w.params, 0).sizes["processes"] == 6
+
+
+def test_quick_replays_a_prefix_of_a_recording_and_an_explicit_events_wins():
+    """A recorded guest's events=0 means the whole recording: quick takes the quick prefix for
+    it (min(0, 20,000) would have replayed everything), and events given explicitly is kept."""
+    from workloads.guest import QUICK_EVENTS
+
+    assert workload_params("guest", {"recording": "fork-exit-686"})["events"] == 0
+    assert workload_params("guest", {"recording": "fork-exit-686", "quick": True})["events"] \
+        == QUICK_EVENTS == 20_000
+    assert workload_params("guest", {"recording": "fork-exit-686", "quick": True,
+                                     "events": 0})["events"] == 0
+    e = exp.build(["always-emulate"], ["guest:fork-exit-686"], quick=True, seeds=1)
+    (w,) = e.workloads
+    assert w.params["events"] == QUICK_EVENTS and "quick=true" in w.label

@@ -178,7 +178,7 @@ def test_spec_and_shipped_names(tiny):
     assert parse_spec("guest:/a,b/c.rec") == ("guest", {"recording": "/a,b/c.rec"})
     assert parse_spec("guest:recording=x.rec,events=5") == ("guest", {"recording": "x.rec",
                                                                       "events": "5"})
-    assert set(REAL_GUESTS) == set(replay.shipped())
+    assert set(REAL_GUESTS) <= set(replay.shipped())  # the default rows are shipped recordings
     assert {F.open_recording(p).header["entry_bytes"] for p in replay.shipped().values()} == {4, 8}
 
 
@@ -207,6 +207,9 @@ STORE_PREFIX = 150_000
 """Events of each shipped recording checked for store translation (the whole files were checked
 when the rule was made: docs/real-guests.md)."""
 CONFORMANCE_PREFIX = 6_000
+OTHER_PREFIX = 1_500
+"""The shipped recordings outside the default rows (demand-paging, shared-file, mixed) are
+checked on a shorter prefix: 13 policies x 10 recordings x 6,000 events took 8 minutes."""
 """Events of each shipped recording replayed under every policy with the invariants checked
 after every operation (a few seconds per policy; the whole recordings run in results/real)."""
 
@@ -264,7 +267,8 @@ def test_shipped_recording_conforms_under_every_policy(name, spec):
     the policy equals native (A and D masked in every table frame for tlb_like policies), the
     guest takes the page faults it takes natively (none: every recorded access is mapped), the
     native counts agree, and check_shadow holds after every operation."""
-    params = {"recording": name, "events": CONFORMANCE_PREFIX}
+    params = {"recording": name,
+              "events": CONFORMANCE_PREFIX if name in REAL_GUESTS else OTHER_PREFIX}
     workload = make_workload("guest", params)
     policy = make_policy(spec)
     if getattr(policy, "needs_trace", False):

@@ -14,6 +14,9 @@ from bench.charts import data, style
 
 NA_AT = 1.04
 NA_LABEL = "n/a (outside the model)"
+FULL_LINES_MOST = 8
+"""The most workloads a full-width ratio chart labels in stacked lines; more (the default run's
+12) collide, and take the rotated one-line labels of the column width."""
 
 
 def has_chart(records: list[data.Record]) -> bool:
@@ -76,7 +79,7 @@ def draw(doc: dict[str, Any], width: str):
         labels.append(NA_LABEL)
     params = {wl: next(r["workload_params"] for r in records if r["workload_label"] == wl)
               for wl in workloads}
-    if width == "full":
+    if width == "full" and len(workloads) <= FULL_LINES_MOST:
         ax.set_xticks(range(len(workloads)), [style.short_workload(wl, params[wl])
                                               for wl in workloads])
     else:

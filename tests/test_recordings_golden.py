@@ -17,28 +17,22 @@ No QEMU is needed: the files are in the repository.
 
 from __future__ import annotations
 
-import bisect
 from collections import Counter
 from functools import lru_cache
-from pathlib import Path
 
 import pytest
 
 from bench.record import format as F
 
-ROOT = Path(__file__).resolve().parent.parent / "recordings"
+from _recording_util import RECORDINGS, symbol_lookup
+
+ROOT = RECORDINGS
 
 
 @lru_cache(maxsize=None)
 def load(name: str):
     rec = F.open_recording(ROOT / name)
-    syms = rec.header["symbols"]
-    addrs = [a for a, _ in syms]
-
-    def sym(pc: int) -> str:
-        i = bisect.bisect_right(addrs, pc) - 1
-        return syms[i][1] if i >= 0 else "?"
-    return rec, list(rec.events()), sym
+    return rec, list(rec.events()), symbol_lookup(rec)
 
 
 RECLAIM = ["reclaim-686-pae.rec", "reclaim-686.rec"]

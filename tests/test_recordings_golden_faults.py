@@ -24,16 +24,16 @@ No QEMU is needed: the files are in the repository.
 
 from __future__ import annotations
 
-import bisect
 from collections import Counter, defaultdict
 from functools import lru_cache
-from pathlib import Path
 
 import pytest
 
 from bench.record import format as F
 
-ROOT = Path(__file__).resolve().parent.parent / "recordings"
+from _recording_util import RECORDINGS, symbol_lookup
+
+ROOT = RECORDINGS
 PTE_BITS = 0x67  # present, RW, user, accessed, dirty
 FIXMAP = 0xFF000000
 
@@ -42,12 +42,7 @@ FIXMAP = 0xFF000000
 def load(name: str):
     """The recording, its events split by phase (phase number -> events) and a pc -> symbol."""
     rec = F.open_recording(ROOT / name)
-    syms = rec.header["symbols"]
-    addrs = [a for a, _ in syms]
-
-    def sym(pc: int) -> str:
-        i = bisect.bisect_right(addrs, pc) - 1
-        return syms[i][1] if i >= 0 else "?"
+    sym = symbol_lookup(rec)
     phases: dict[int, list[F.Event]] = defaultdict(list)
     phase = 0
     events = list(rec.events())

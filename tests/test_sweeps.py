@@ -58,15 +58,25 @@ def test_a_dask_local_cluster_gives_the_local_pools_results(reference, tmp_path)
     assert not processes_naming(str(out))  # the cluster's workers ended with the run
 
 
+def _slow_dask_run(out) -> subprocess.Popen:
+    """A slow run on a LocalCluster of 2 workers into ``out``, started in the background."""
+    return subprocess.Popen([sys.executable, TINY_MAIN, "run", *SLOW, "--dask", "local:2",
+                             "--out", str(out)], cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_a_cell(run: subprocess.Popen, out) -> None:
+    """Until the run has stored a cell (at most 60 s, or until it ends)."""
+    deadline = time.monotonic() + 60
+    while not _cells(out) and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.05)
+
+
 def test_a_killed_dask_worker_loses_no_finished_cell(tmp_path):
     out = tmp_path / "out"
-    run = subprocess.Popen([sys.executable, TINY_MAIN, "run", *SLOW, "--dask", "local:2",
-                            "--out", str(out)], cwd=ROOT, env=env(), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    run = _slow_dask_run(out)
     try:
-        deadline = time.monotonic() + 60
-        while not _cells(out) and time.monotonic() < deadline and run.poll() is None:
-            time.sleep(0.05)
+        _wait_for_a_cell(run, out)
         finished = _cells(out)
         workers = [p for p in _children(run.pid) if b"spawn_main" in _cmdline(p)]
         assert finished and len(workers) == 2 and run.poll() is None
@@ -320,13 +330,9 @@ def test_an_unreachable_scheduler_is_one_line_before_anything_is_written(tmp_pat
 
 def test_a_terminated_dask_run_keeps_its_cells_and_leaves_no_process(tmp_path):
     out = tmp_path / "out"
-    run = subprocess.Popen([sys.executable, TINY_MAIN, "run", *SLOW, "--dask", "local:2",
-                            "--out", str(out)], cwd=ROOT, env=env(), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    run = _slow_dask_run(out)
     try:
-        deadline = time.monotonic() + 60
-        while not _cells(out) and time.monotonic() < deadline and run.poll() is None:
-            time.sleep(0.05)
+        _wait_for_a_cell(run, out)
         children = _children(run.pid)
         assert len([p for p in children if b"spawn_main" in _cmdline(p)]) == 2
         before = _cells(out)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from mypy_extensions import mypyc_attr
-
 from bench.errors import BenchError
 from bench.machine.counters import Counters
 from bench.machine.memory import GuestMemory
@@ -68,7 +66,6 @@ def check_op(kind: int, cpu: int, addr: int, arg: int, cpus: int) -> None:
         raise BenchError(f"compute cycles must not be negative, got {arg}")
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)  # bench.record.validate's Classifier
 class NativeMachine:
     """Runs operations natively on guest memory: the reference execution."""
 

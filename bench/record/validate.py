@@ -55,11 +55,12 @@ accessed-bit scan), the kmap microbenchmark and fork/exit with 2.6.20's kmap_ato
 of the modelled kernels to 6.1's kmap_local (each map and unmap one set_pte / pte_clear)."""
 
 
-class Classifier(NativeMachine):
+class Classifier:
     """The native executor, counting each write that reaches a table by its table's class."""
 
     def __init__(self, run, kind_of: dict[int, str]) -> None:
-        super().__init__(run.guest.mem, run.guest.mode, run.cr3s)
+        self.machine = NativeMachine(run.guest.mem, run.guest.mode, run.cr3s)
+        self.mem, self.mode = run.guest.mem, run.guest.mode
         self.kind_of = kind_of  # frame -> "fixmap", "user", "kernel"
         self.pae = run.guest.mode.pae
         self.counts: Counter[str] = Counter()
@@ -69,20 +70,24 @@ class Classifier(NativeMachine):
         self.insns = 0
 
     def step(self, op) -> None:
+        """Run ``op`` natively; a write that reaches a table frame is classified after it."""
         self.op = op
         kind = op[0]
         self.insns += op[4] if kind == COMPUTE else 1
+        gpa = -1
         if kind == CR3:
             self.counts["cr3"] += 1
         elif kind == INVLPG:
             self.counts["invlpg"] += 1
         elif kind in (STORE, BTR, BTS):
-            w = walk(self.mem, self.mode, self.cr3[op[1]], op[2], True, op[2] < PAGE_OFFSET,
-                     set_bits=False)
-            if w is not None:
+            w = walk(self.mem, self.mode, self.machine.cr3[op[1]], op[2], True,
+                     op[2] < PAGE_OFFSET, set_bits=False)
+            if w is not None:  # the write's own walk (in the machine) translates it the same
                 gpa = (w.gfn << 12) | (op[2] & 0xFFF)
                 self.old = self.mem.read_entry(gpa & ~(self.mode.entry_size - 1), self.pae)
-        super().step(op)
+        self.machine.step(op)
+        if gpa >= 0:
+            self._written(gpa)
 
     def _written(self, gpa: int) -> None:
         cls = self.kind_of.get(gpa >> 12)

@@ -1,12 +1,20 @@
-"""Build: the simulator's hot modules compiled with mypyc where the machine can, else pure Python.
+"""Build: the native core and the mypyc-compiled modules where the machine can, else pure Python.
 
-The project's metadata is in pyproject.toml. This script only adds the compiled core
-(bench/_compiled.py lists the modules and explains how a checkout finds them): mypyc turns the
-same Python sources into C extension modules, so results do not depend on it, only the speed
-(docs/performance.md). With no C compiler, no mypyc, or SHADOWBENCH_PURE=1, the install is the
-pure-Python package and still works.
+The project's metadata is in pyproject.toml. This script only adds two optional builds:
+
+- the native core, bench/core/_core.c (the shadow MMU and the built-in policies in C, issue 17;
+  bench/core/__init__.py explains what runs there), compiled with the machine's C compiler;
+  beside the module it writes ``bench/core/_core.json`` with the SHA-256 of the source it was
+  built from, so a checkout uses it only for that very source;
+- the simulator's hot modules compiled with mypyc (bench/_compiled.py lists them and explains
+  how a checkout finds them): the same Python sources as C extension modules.
+
+Results do not depend on either, only the speed (docs/performance.md). With no C compiler, no
+mypyc, or SHADOWBENCH_PURE=1, the install is the pure-Python package and still works; either
+build failing leaves the other.
 """
 
+import hashlib
 import json
 import os
 import runpy
@@ -15,13 +23,15 @@ from pathlib import Path
 
 import subprocess
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 CORE = runpy.run_path(str(ROOT / "bench" / "_compiled.py"))
 PURE = os.environ.get(CORE["PURE_ENV"], "") not in ("", "0")
+NATIVE = "bench.core._core"
+NATIVE_SOURCE = Path("bench") / "core" / "_core.c"
 
 
 def _warn(message: str) -> None:
@@ -34,20 +44,44 @@ class OptionalBuildExt(build_ext):
     def run(self) -> None:
         if not self.extensions:
             return
-        try:
-            super().run()
-        except Exception as exc:  # no compiler, missing headers, a failed compile
-            _warn(f"the compiled core could not be built ({exc})")
-            return
+        native = [e for e in self.extensions if e.name == NATIVE]
+        mypyc = [e for e in self.extensions if e.name != NATIVE]
         target = ROOT if self.inplace else Path(self.build_lib)
-        manifest = target / "bench" / CORE["MANIFEST"]
-        manifest.parent.mkdir(parents=True, exist_ok=True)
-        manifest.write_text(json.dumps(CORE["manifest"](ROOT), indent=1, sort_keys=True) + "\n")
+        self.native_built = self.mypyc_built = False
+        if native:
+            self.extensions = native
+            try:
+                super().run()
+                self.native_built = True
+            except Exception as exc:  # no compiler, missing headers, a failed compile
+                print(f"shadowbench: the native core could not be built ({exc}); the Python "
+                      "simulator will run instead", file=sys.stderr)
+            if self.native_built:
+                manifest = target / "bench" / "core" / "_core.json"
+                manifest.parent.mkdir(parents=True, exist_ok=True)
+                digest = hashlib.sha256((ROOT / NATIVE_SOURCE).read_bytes()).hexdigest()
+                manifest.write_text(json.dumps({"source": digest}) + "\n")
+        if mypyc:
+            self.extensions = mypyc
+            try:
+                super().run()
+                self.mypyc_built = True
+            except Exception as exc:
+                _warn(f"the compiled core could not be built ({exc})")
+            if self.mypyc_built:
+                manifest = target / "bench" / CORE["MANIFEST"]
+                manifest.parent.mkdir(parents=True, exist_ok=True)
+                manifest.write_text(
+                    json.dumps(CORE["manifest"](ROOT), indent=1, sort_keys=True) + "\n")
+        self.extensions = native + mypyc
 
     def get_outputs(self) -> list[str]:
         outputs = super().get_outputs()
-        if self.extensions and not self.inplace:
-            outputs.append(str(Path(self.build_lib) / "bench" / CORE["MANIFEST"]))
+        if not self.inplace:
+            if getattr(self, "native_built", False):
+                outputs.append(str(Path(self.build_lib) / "bench" / "core" / "_core.json"))
+            if getattr(self, "mypyc_built", False):
+                outputs.append(str(Path(self.build_lib) / "bench" / CORE["MANIFEST"]))
         return outputs
 
 
@@ -81,6 +115,13 @@ class StampedBuildPy(build_py):
             str(Path(self.build_lib) / "bench" / "_build_info.json")]
 
 
+def native_extension() -> list:
+    """The native core (a plain C extension: any C99 compiler and the Python headers)."""
+    if PURE:
+        return []
+    return [Extension(NATIVE, [str(NATIVE_SOURCE)], extra_compile_args=["-O2"])]
+
+
 def extensions() -> list:
     if PURE:
         return []
@@ -97,5 +138,5 @@ def extensions() -> list:
         return []
 
 
-setup(ext_modules=extensions(),
+setup(ext_modules=native_extension() + extensions(),
       cmdclass={"build_ext": OptionalBuildExt, "build_py": StampedBuildPy})

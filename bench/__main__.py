@@ -173,6 +173,7 @@ def execute(args: argparse.Namespace, experiment: exp.Experiment, out: str,
 
     choice, shard = sweep_options(args)
     jobs = args.jobs or os.cpu_count() or 1
+    warn_slow_path()
     progress = None if args.no_progress else Progress()
     executor = None
     try:
@@ -195,6 +196,17 @@ def execute(args: argparse.Namespace, experiment: exp.Experiment, out: str,
             executor.close()
         if progress:
             progress.stop()
+
+
+def warn_slow_path() -> None:
+    """One line on stderr when the native core is not in use (issue 17): replays then run in the
+    Python reference, many times slower."""
+    from bench import core
+
+    if not core.available():
+        print(f"shadowbench: running the slow path: the native core is {core.state()}; "
+              "policies replay in Python (`pip install .` with a C compiler builds it)",
+              file=sys.stderr)
 
 
 def _execute_locked(args: argparse.Namespace, experiment: exp.Experiment, out: str, reuse: bool,
@@ -664,7 +676,10 @@ def version_text() -> str:
     from bench import _compiled
 
     commit = results.git_commit() or "unknown"
-    return f"shadowbench {bench.__version__} (git commit {commit}; {_compiled.state()})"
+    from bench import core
+
+    return (f"shadowbench {bench.__version__} (git commit {commit}; {_compiled.state()}; "
+            f"native core {core.state()})")
 
 
 class _Version(argparse.Action):

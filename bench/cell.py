@@ -24,8 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import oracle
-from bench.machine.counters import Counters
+from bench import core, oracle
 from bench.machine.memory import GuestMemory
 from bench.machine.native import NativeMachine
 from bench.machine.paging import Mode
@@ -82,9 +81,12 @@ def count_ops(ops: Iterable[tuple], step) -> int:
 
 
 def _result(machine, n: int, sizes: dict[str, int]) -> CellResult:
-    counters: Counters = machine.counters
+    """The cell of an executor (its ``counters`` a Counters) or of a bench.core.NativeRun (a
+    counters dict)."""
+    counters = machine.counters
     marks = list(machine.marks)
-    return CellResult(n - len(marks), counters.as_dict(), marks, dict(sizes))
+    counts = counters if isinstance(counters, dict) else counters.as_dict()
+    return CellResult(n - len(marks), counts, marks, dict(sizes))
 
 
 def _generated(policy: Policy | None, workload: str, params: dict[str, Any], seed: int,
@@ -133,11 +135,16 @@ def run_cells(policy_specs: Sequence[PolicySpec], workload: str, params: dict[st
             if getattr(policy, "needs_trace", False):
                 policy.use_trace(trace)
             if recording.usable:
-                mem = initial.copy()
-                machine = machine_for(policy, mem, mode, cr3s)
-                n = recording.run(machine.step, mem)
-                if n is not None:
-                    yield i, _result(machine, n, run.sizes)
+                done = core.replay(recording, policy, initial, mode.pae, cr3s)
+                if done is False:  # not a policy the native core runs: the Python executor
+                    mem = initial.copy()
+                    machine = machine_for(policy, mem, mode, cr3s)
+                    n = recording.run(machine.step, mem)
+                    if n is not None:
+                        yield i, _result(machine, n, run.sizes)
+                        continue
+                elif done is not None:
+                    yield i, _result(done, done.done, run.sizes)
                     continue
                 policy = make_policy(policy_specs[i])  # a read differed: generate (fresh state)
                 if getattr(policy, "needs_trace", False):

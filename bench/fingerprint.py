@@ -4,7 +4,7 @@ A cell (bench.experiment.Cell) is cached under a hash of everything that determi
 counters; besides the names, parameters and seed that is:
 
 - the code that runs: the SHA-256 of every source file of the ``bench``, ``policies`` and
-  ``workloads`` packages except the modules that only present stored results
+  ``workloads`` packages (the native core's C source, bench/core/*.c, included) except the modules that only present stored results
   (``PRESENTATION``: the command line, statistics, pricing of records, charts, reports; a cell
   never imports them, which tests/test_cache_key.py checks), and, for a policy or workload
   registered by a third-party package, the sources of that package;
@@ -34,6 +34,8 @@ PRESENTATION: tuple[str, ...] = (
     "bench/__main__.py",
     "bench/charts",
     "bench/executors",
+    "bench/core/reference",  # the C reference of the hot path: a benchmark's yardstick
+    "bench/core/benchmark.py",
     # the recorder and its tools; bench/record/format.py (the decoder) and replay.py (the guest
     # workload's events -> operations) run inside cells and are hashed
     "bench/record/build.py",
@@ -83,6 +85,8 @@ def core_digest(root: Path = _ROOT) -> str:
         for path in (root / package).rglob("*.py"):
             if not _excluded(path.relative_to(root).as_posix()):
                 files.append(path)
+    files.extend(path for path in (root / "bench" / "core").glob("*.c")
+                 if not _excluded(path.relative_to(root).as_posix()))
     return _hash_files(files, root)
 
 

@@ -214,6 +214,19 @@ class OpRecording:
             raise ValueError("this run could not be recorded; generate the stream again")
         return self._ops.columns()
 
+    def op_columns(self) -> Iterator[tuple[array, ...]]:
+        """The operations' packed columns, chunk by chunk (``OP_FIELDS`` types; the insn column
+        indexes ``insn_names()``): what the native core (bench.core) replays directly."""
+        return self._op_columns()
+
+    def read_columns(self) -> Iterator[tuple[array, ...]]:
+        """The recorded reads' packed columns, chunk by chunk (``READ_FIELDS`` types)."""
+        return self._reads.columns()
+
+    def insn_names(self) -> list[str]:
+        """The instruction classes the insn column indexes."""
+        return list(self._insns)
+
     def replay(self) -> Iterator[tuple]:
         """The recorded operations as ``(kind, cpu, addr, arg, value, insn)`` tuples."""
         name = self._insns.__getitem__

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import bench
-from bench import _compiled, costs, oracle
+from bench import _compiled, core, costs, oracle
 from bench.errors import BenchError
 from bench.experiment import Experiment
 from bench.files import atomic_write, atomic_write_text
@@ -71,7 +71,7 @@ def git_commit() -> str | None:
 def host_description() -> dict[str, Any]:
     return {"hostname": platform.node(), "platform": platform.platform(),
             "python": platform.python_version(), "cpus": os.cpu_count(),
-            "simulator": _compiled.state()}
+            "simulator": _compiled.state(), "native_core": core.state()}
 
 
 def now() -> str:

@@ -1,0 +1,254 @@
+"""The native simulation core: the shadow MMU and the built-in policies in C (issue 17).
+
+``bench/core/_core.c`` implements, for replaying a recorded guest run (bench.recording), the
+same model as the readable Python reference: guest memory and the hardware walk
+(bench.machine.memory, bench.machine.paging), the shadow executor with every MMUConfig mechanism
+(bench.machine.shadow) and the decisions and hooks of the built-in shadow-paging policies
+(policies/). ``pip install .`` compiles it with the machine's C compiler (setup.py); without a
+compiler, or with ``SHADOWBENCH_PURE=1`` or ``SHADOWBENCH_NATIVE=0`` in the environment, the
+Python reference runs instead, at Python speed, and ``python -m bench run`` says so in one line
+on stderr.
+
+What runs natively (``native_spec``): a replay under one of the built-in shadow-paging policies,
+exactly as registered (its class, not a subclass): always-emulate, always-unshadow, flood-count
+(2.6.20, 2.6.26, 2.6.27), per-page-flood, xen-early-unshadow, unsync, xen-oos, ski-rental,
+ski-rental-random, oracle, and accessed-clear or xen-batch over any of these. Everything else
+runs through the Python reference: tdp (its own executor), a third-party policy or a subclass
+of a built-in one (through the Python hooks, at Python speed), a run whose workload writes
+guest memory while generating (no recording), and a policy whose guest reads differ from the
+recording (it generates its own stream, bench.cell). tests/test_native_core.py checks, for every
+policy it covers on every workload, that both give identical counters, marks and guest memory.
+
+The extension is used only when it was built from exactly the ``_core.c`` in use: setup.py
+records the source's SHA-256 beside the built module (``_core.json``), and ``load`` compares it
+(a stale build is never used), as bench._compiled does for the mypyc modules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from bench.machine.counters import ALL_COUNTERS
+
+SOURCE = "_core.c"
+MANIFEST = "_core.json"
+NATIVE_ENV = "SHADOWBENCH_NATIVE"
+PURE_ENV = "SHADOWBENCH_PURE"
+MODULE = "bench.core._core"
+
+_HERE = Path(__file__).resolve().parent
+_loaded: ModuleType | None = None
+_state: str | None = None
+
+# bench.core._core's policy bases (the enum in _core.c)
+B_EMULATE, B_UNSHADOW, B_FLOOD, B_PERPAGE, B_XEN_EARLY, B_UNSYNC, B_XEN_OOS, B_SKI, B_ORACLE = \
+    range(9)
+SKI_DRAWS = 4096
+"""Thresholds ski-rental-random draws ahead per call from the native core (its private
+generator's draws happen in the order the intervals start, so drawing ahead changes nothing)."""
+
+
+def source_digest(folder: Path = _HERE) -> str:
+    return hashlib.sha256((folder / SOURCE).read_bytes()).hexdigest()
+
+
+def _candidates() -> Iterator[Path]:
+    """Folders that may hold a build of this package's bench/core: this one, then every
+    ``bench/core`` on sys.path (an installed build, when running from a checkout)."""
+    yield _HERE
+    for entry in sys.path:
+        try:
+            folder = (Path(entry or ".") / "bench" / "core").resolve()
+        except OSError:
+            continue
+        if folder != _HERE:
+            yield folder
+
+
+def _find() -> tuple[Path | None, str]:
+    wanted = source_digest()
+    reason = "not built (no C compiler at install, or a checkout without `pip install .`)"
+    for folder in _candidates():
+        try:
+            recorded = json.loads((folder / MANIFEST).read_text())
+        except (OSError, ValueError):
+            continue
+        if recorded.get("source") != wanted:
+            reason = f"the build in {folder} is of another _core.c"
+            continue
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            candidate = folder / ("_core" + suffix)
+            if candidate.is_file():
+                return candidate, ""
+        reason = f"the build in {folder} has no extension module for this Python"
+    return None, reason
+
+
+def load() -> ModuleType | None:
+    """The native core's extension module, or None (``state()`` says why)."""
+    global _loaded, _state
+    if _state is not None:
+        return _loaded
+    for env, off in ((PURE_ENV, lambda v: v not in ("", "0")), (NATIVE_ENV, lambda v: v == "0")):
+        if off(os.environ.get(env, "")):
+            _state = f"off ({env}={os.environ[env]})"
+            return None
+    path, why = _find()
+    if path is None:
+        _state = f"not in use: {why}"
+        return None
+    spec = importlib.util.spec_from_file_location(MODULE, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if tuple(module.COUNTERS) != ALL_COUNTERS:
+        raise RuntimeError(f"{path}: the native core's counters differ from ALL_COUNTERS")
+    sys.modules[MODULE] = module
+    _loaded = module
+    _state = f"native ({path})"
+    return module
+
+
+def available() -> bool:
+    return load() is not None
+
+
+def state() -> str:
+    """Whether the native core is in use, and where from (or why not)."""
+    load()
+    assert _state is not None
+    return _state
+
+
+# ------------------------------------------------------------------------ policies -> C specs
+def _base_spec(policy: Any) -> dict[str, Any] | None:
+    """The C policy of a built-in base policy (exact class), or None."""
+    from policies.always_emulate import AlwaysEmulate
+    from policies.always_unshadow import AlwaysUnshadow
+    from policies.flood_count import FloodCount
+    from policies.oracle import Oracle
+    from policies.per_page_flood import PerPageFlood
+    from policies.ski_rental import SkiRental
+    from policies.ski_rental_random import SkiRentalRandom
+    from policies.unsync import Unsync
+    from policies.xen_early_unshadow import XenEarlyUnshadow
+    from policies.xen_oos import XenOOS
+
+    cls = type(policy)
+    if cls is AlwaysEmulate:
+        return {"base": B_EMULATE}
+    if cls is AlwaysUnshadow:
+        return {"base": B_UNSHADOW}
+    if cls is FloodCount or cls is Unsync:
+        return {"base": B_FLOOD if cls is FloodCount else B_UNSYNC,
+                "v20": int(policy.variant == "2.6.20"), "v27": int(policy.variant == "2.6.27"),
+                "threshold": policy.threshold}
+    if cls is PerPageFlood:
+        return {"base": B_PERPAGE, "threshold": policy.threshold,
+                "include_leaf": int(policy.include_leaf)}
+    if cls is XenEarlyUnshadow or cls is XenOOS:
+        spec: dict[str, Any] = {"base": B_XEN_EARLY if cls is XenEarlyUnshadow else B_XEN_OOS,
+                                "keep_on_unaligned_zero": int(policy.version == "4.2")}
+        if cls is XenOOS:
+            spec["oos_limit"] = policy.limit
+        return spec
+    if cls is SkiRental:
+        return {"base": B_SKI, "ski_threshold": policy.interval_threshold(0)}
+    if cls is SkiRentalRandom:
+        return {"base": B_SKI,
+                "draw": lambda: [policy.interval_threshold(0) for _ in range(SKI_DRAWS)]}
+    if cls is Oracle:
+        if not policy._traced:
+            return None  # the Python path raises the proper error
+        return {"base": B_ORACLE, "plan": policy._plan,
+                "oracle_native": int(policy.costs.unshadow <= policy.costs.emulate)}
+    return None
+
+
+def native_spec(policy: Any) -> dict[str, Any] | None:
+    """The native core's description of ``policy``, or None when it must run in Python."""
+    from policies.accessed_clear import AccessedClear
+    from policies.xen_batch import XenBatch
+
+    cls = type(policy)
+    if cls is AccessedClear or cls is XenBatch:
+        inner = native_spec(policy.fallback_policy)
+        if inner is None:
+            return None
+        if cls is AccessedClear:
+            if inner.get("accessed_clear"):
+                return None
+            return {**inner, "accessed_clear": 1}
+        if inner.get("batch") or inner.get("accessed_clear"):
+            # xen-batch over accessed-clear: accessed-clear decides first either way, but keep
+            # the C core to the compositions the differential test covers
+            return None
+        return {**inner, "batch": 1, "batch_extra": policy.extra,
+                "batch_pae_only": int(policy.pae_only)}
+    return _base_spec(policy)
+
+
+MMU_FIELDS = ("update_spte_on_write", "dirty_bit_pte_write", "quadrant_filter",
+              "user_fault_unshadow", "user_write_unshadow", "bypass_guest_pf", "intercept_invlpg",
+              "invlpg_drops_spte", "sync_on_cr3", "sync_zaps_empty")
+
+
+class NativeRun:
+    """A policy's replay of a recording on the native core: ``counters``, ``marks`` and
+    ``image()`` as the Python executor would have them."""
+
+    def __init__(self, core: Any, done: int) -> None:
+        self.core = core
+        self.done = done
+        self.counters = dict(zip(ALL_COUNTERS, core.counters()))
+        self.marks = [(phase, dict(zip(ALL_COUNTERS, snap))) for phase, snap in core.marks()]
+
+    def image(self) -> dict[int, int]:
+        return self.core.image()
+
+
+def replay(recording: Any, policy: Any, mem: Any, pae: bool, cr3s: list[int]
+           ) -> NativeRun | None | bool:
+    """Replay ``recording`` under ``policy`` on a copy of ``mem`` natively, repeating the
+    recorded reads. Returns the run, None when a read differs (the policy must generate its own
+    stream), or False when the native core cannot run this policy (use the Python executor)."""
+    module = load()
+    if module is None:
+        return False
+    spec = native_spec(policy)
+    if spec is None:
+        return False
+    cfg = policy.mmu_config(pae)
+    if cfg.tdp:
+        return False
+    config = {name: int(getattr(cfg, name)) for name in MMU_FIELDS}
+    names = recording.insn_names()
+    insn_btr = bytes(int(name == "btr") for name in names)
+    core = module.Core(mem.tables, mem.words, pae, list(cr3s), config, spec, insn_btr)
+    reads = recording.read_columns()
+    core.feed_reads(*next(reads, (None,)))
+    for columns in recording.op_columns():
+        while True:
+            status = core.run_ops(*columns)
+            if status == 0:
+                break
+            if status == 2:
+                return None
+            core.feed_reads(*next(reads, (None,)))
+    while True:
+        status = core.finish_reads()
+        if status == 0:
+            break
+        if status == 2:
+            return None
+        core.feed_reads(*next(reads, (None,)))
+    return NativeRun(core, core.done())

@@ -1,0 +1,2380 @@
+/* The native simulation core: KVM's shadow MMU and the built-in unshadow policies in C.
+ *
+ * This is the same model as the readable Python reference (bench/machine/memory.py, paging.py,
+ * native.py, shadow.py and the policies/ modules); every function below names the Python function it
+ * mirrors, and the rule's source (the kernel or Xen code) is documented there, not repeated here.
+ * The differential test (tests/test_native_core.py) runs every built-in policy on every workload
+ * in both and requires identical counters, marks and guest memory.
+ *
+ * Data structures (issue 17): guest memory as 1024-word page arrays in an open-addressing table
+ * keyed by gfn plus an open-addressing table of sparse words; shadow pages as structs in one pool
+ * (never reused within a run, so a policy's spte reference stays unambiguous), a level-1 page's
+ * 512 sptes a u64 array (0: no spte), a level-2 page's 512 children an int32 array (-1: none);
+ * the rmap and the per-gfn lists of shadow pages as small vectors in open-addressing tables;
+ * counters in a u64 array in bench.machine.counters.ALL_COUNTERS order.
+ *
+ * Entry point: Core(tables, words, pae, cr3s, config, policy) then feed_reads()/run_ops()
+ * (bench/core/__init__.py drives them over a bench.recording.OpRecording's packed columns).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef uint64_t u64;
+typedef int64_t i64;
+typedef uint32_t u32;
+
+/* ------------------------------------------------------------------ constants (bench.ops etc.) */
+enum { K_STORE = 0, K_BTR = 1, K_BTS = 2, K_LOAD = 3, K_INVLPG = 4, K_CR3 = 5, K_COMPUTE = 6,
+       K_MARK = 7 };
+#define PAGE_OFFSET 0xC0000000ULL
+#define P_BIT 0x001ULL
+#define RW_BIT 0x002ULL
+#define US_BIT 0x004ULL
+#define A_BIT 0x020ULL
+#define D_BIT 0x040ULL
+#define PS_BIT 0x080ULL
+#define ADDR_MASK_32 0xFFFFF000ULL
+#define ADDR_MASK_PAE 0x000FFFFFFFFFF000ULL
+#define SPTE_P 0x1ULL
+#define SPTE_W 0x2ULL
+#define SPTE_A 0x20ULL
+
+enum { FIXED = 0, PTWRITE = 1, GUEST_FAULT = 2 };
+enum { D_EMULATE = 0, D_UNSHADOW = 1, D_UNSHADOW_NATIVE = 2, D_UNSYNC = 3 };
+
+/* bench.machine.counters.ALL_COUNTERS, in order (checked against it at import) */
+enum {
+    C_exits, C_pf_fixed, C_pf_guest, C_invlpg, C_tlb_flush, C_insn_emulation,
+    C_insn_emulation_extra, C_mmu_pte_write, C_mmu_pte_updated, C_mmu_pde_zapped, C_mmu_flooded,
+    C_mmu_shadow_zapped, C_mmu_cache_miss, C_mmu_unsync,
+    C_exit_ptwrite_emulate, C_exit_ptwrite_unshadow, C_exit_ptwrite_unsync, C_exit_hidden_fault,
+    C_exit_guest_fault, C_exit_invlpg, C_exit_cr3,
+    C_insn_emulation_extra_non_pt, C_pf_bypassed, C_mmu_resync, C_mmu_resync_gpte,
+    C_tdp_tlb_miss, C_tdp_walk_refs, C_native_walk_refs,
+    C_native_load, C_native_store, C_native_locked_rmw, C_native_invlpg, C_native_cr3,
+    C_native_page_fault, C_native_compute_cycles,
+    NCOUNTERS
+};
+static const char *counter_names[NCOUNTERS] = {
+    "exits", "pf_fixed", "pf_guest", "invlpg", "tlb_flush", "insn_emulation",
+    "insn_emulation_extra", "mmu_pte_write", "mmu_pte_updated", "mmu_pde_zapped", "mmu_flooded",
+    "mmu_shadow_zapped", "mmu_cache_miss", "mmu_unsync",
+    "exit_ptwrite_emulate", "exit_ptwrite_unshadow", "exit_ptwrite_unsync", "exit_hidden_fault",
+    "exit_guest_fault", "exit_invlpg", "exit_cr3",
+    "insn_emulation_extra_non_pt", "pf_bypassed", "mmu_resync", "mmu_resync_gpte",
+    "tdp_tlb_miss", "tdp_walk_refs", "native_walk_refs",
+    "native_load", "native_store", "native_locked_rmw", "native_invlpg", "native_cr3",
+    "native_page_fault", "native_compute_cycles",
+};
+
+/* ------------------------------------------------------------------ open-addressing u64 -> u64 */
+/* Keys are never deleted: a value of 0 means "absent" (callers store value + 1 where 0 is a
+ * valid value), so a key once inserted keeps its slot and probing stays simple. */
+typedef struct {
+    u64 *keys;
+    u64 *vals;
+    size_t cap; /* a power of two, or 0 */
+    size_t used;
+} map_t;
+
+static int map_grow(map_t *m);
+
+static inline size_t map_hash(u64 key, size_t cap) {
+    return (size_t)((key * 0x9E3779B97F4A7C15ULL) >> 17) & (cap - 1);
+}
+
+/* the slot of key, or of the empty slot where it would go; cap must be > 0 */
+static inline size_t map_slot(const map_t *m, u64 key) {
+    size_t i = map_hash(key, m->cap);
+    for (;;) {
+        if (m->keys[i] == key + 1 || m->keys[i] == 0)
+            return i;
+        i = (i + 1) & (m->cap - 1);
+    }
+}
+
+static inline u64 map_get(const map_t *m, u64 key) {
+    if (!m->cap)
+        return 0;
+    size_t i = map_slot(m, key);
+    return m->keys[i] ? m->vals[i] : 0;
+}
+
+/* a pointer to key's value, inserting it (value 0) if needed; NULL when out of memory */
+static u64 *map_ref(map_t *m, u64 key) {
+    if (!m->cap || (m->used + 1) * 4 > m->cap * 3) {
+        if (map_grow(m) < 0)
+            return NULL;
+    }
+    size_t i = map_slot(m, key);
+    if (!m->keys[i]) {
+        m->keys[i] = key + 1; /* stored + 1: key 0 is valid, slot 0 means empty */
+        m->vals[i] = 0;
+        m->used++;
+    }
+    return &m->vals[i];
+}
+
+static int map_grow(map_t *m) {
+    size_t cap = m->cap ? m->cap * 2 : 64;
+    u64 *keys = calloc(cap, sizeof(u64)), *vals = calloc(cap, sizeof(u64));
+    if (!keys || !vals) {
+        free(keys);
+        free(vals);
+        return -1;
+    }
+    map_t n = {keys, vals, cap, 0};
+    for (size_t i = 0; i < m->cap; i++) {
+        if (m->keys[i]) {
+            size_t j = map_slot(&n, m->keys[i] - 1);
+            n.keys[j] = m->keys[i];
+            n.vals[j] = m->vals[i];
+            n.used++;
+        }
+    }
+    free(m->keys);
+    free(m->vals);
+    *m = n;
+    return 0;
+}
+
+static void map_free(map_t *m) {
+    free(m->keys);
+    free(m->vals);
+    memset(m, 0, sizeof(*m));
+}
+
+/* ------------------------------------------------------------------ small vectors of u64 */
+typedef struct {
+    u64 *v;
+    u32 n, cap;
+} vec_t;
+
+static int vec_push(vec_t *a, u64 x) {
+    if (a->n == a->cap) {
+        u32 cap = a->cap ? a->cap * 2 : 4;
+        u64 *v = realloc(a->v, cap * sizeof(u64));
+        if (!v)
+            return -1;
+        a->v = v;
+        a->cap = cap;
+    }
+    a->v[a->n++] = x;
+    return 0;
+}
+
+static int vec_find(const vec_t *a, u64 x) {
+    for (u32 i = 0; i < a->n; i++)
+        if (a->v[i] == x)
+            return (int)i;
+    return -1;
+}
+
+/* remove the element at i keeping the order (the per-gfn page lists are ordered) */
+static void vec_remove_at(vec_t *a, u32 i) {
+    memmove(a->v + i, a->v + i + 1, (a->n - i - 1) * sizeof(u64));
+    a->n--;
+}
+
+/* a table of vectors: key -> index + 1 into a pool of vec_t */
+typedef struct {
+    map_t index;
+    vec_t *pool;
+    size_t n, cap;
+} vecmap_t;
+
+/* the vector of key, created empty if needed (NULL when out of memory) */
+static vec_t *vecmap_ref(vecmap_t *vm, u64 key) {
+    u64 *slot = map_ref(&vm->index, key);
+    if (!slot)
+        return NULL;
+    if (!*slot) {
+        if (vm->n == vm->cap) {
+            size_t cap = vm->cap ? vm->cap * 2 : 64;
+            vec_t *pool = realloc(vm->pool, cap * sizeof(vec_t));
+            if (!pool)
+                return NULL;
+            vm->pool = pool;
+            vm->cap = cap;
+        }
+        memset(&vm->pool[vm->n], 0, sizeof(vec_t));
+        *slot = ++vm->n;
+    }
+    return &vm->pool[*slot - 1];
+}
+
+static inline vec_t *vecmap_get(const vecmap_t *vm, u64 key) {
+    u64 i = map_get(&vm->index, key);
+    return i ? &vm->pool[i - 1] : NULL;
+}
+
+static void vecmap_free(vecmap_t *vm) {
+    for (size_t i = 0; i < vm->n; i++)
+        free(vm->pool[i].v);
+    free(vm->pool);
+    map_free(&vm->index);
+    memset(vm, 0, sizeof(*vm));
+}
+
+/* ------------------------------------------------------------------ guest memory (memory.py) */
+typedef struct {
+    map_t tables; /* gfn -> (u32 *) page of 1024 words */
+    map_t words;  /* word address (gpa >> 2) -> value + 1 (sparse words; 0 absent) */
+} mem_t;
+
+static inline u32 *mem_table(const mem_t *m, u64 gfn) {
+    return (u32 *)(uintptr_t)map_get(&m->tables, gfn);
+}
+
+/* GuestMemory._word */
+static inline u32 mem_word(const mem_t *m, u64 gpa) {
+    u32 *page = mem_table(m, gpa >> 12);
+    if (page)
+        return page[(gpa & 0xFFF) >> 2];
+    u64 v = map_get(&m->words, gpa >> 2);
+    return v ? (u32)(v - 1) : 0;
+}
+
+/* GuestMemory.write32 (a zero word is kept as a zero: it reads and compares as absent) */
+static inline int mem_write32(mem_t *m, u64 gpa, u32 value) {
+    u32 *page = mem_table(m, gpa >> 12);
+    if (page) {
+        page[(gpa & 0xFFF) >> 2] = value;
+        return 0;
+    }
+    if (!value) {
+        if (m->words.cap) {
+            size_t i = map_slot(&m->words, gpa >> 2);
+            if (m->words.keys[i])
+                m->words.vals[i] = 1;
+        }
+        return 0;
+    }
+    u64 *slot = map_ref(&m->words, gpa >> 2);
+    if (!slot)
+        return -1;
+    *slot = (u64)value + 1;
+    return 0;
+}
+
+/* GuestMemory.read_entry */
+static inline u64 mem_entry(const mem_t *m, u64 gpa, int pae) {
+    u32 *page = mem_table(m, gpa >> 12);
+    if (page) {
+        size_t i = (gpa & 0xFFF) >> 2;
+        return pae ? (u64)page[i] | ((u64)page[i + 1] << 32) : page[i];
+    }
+    if (pae)
+        return (u64)mem_word(m, gpa) | ((u64)mem_word(m, gpa + 4) << 32);
+    return mem_word(m, gpa);
+}
+
+/* GuestMemory.read */
+static u64 mem_read(const mem_t *m, u64 gpa, int width) {
+    if (width == 4 && !(gpa & 3))
+        return mem_word(m, gpa);
+    u64 value = 0;
+    for (int i = 0; i < width; i++) {
+        u64 a = gpa + i;
+        value |= (u64)((mem_word(m, a & ~3ULL) >> (8 * (a & 3))) & 0xFF) << (8 * i);
+    }
+    return value;
+}
+
+/* GuestMemory.write */
+static int mem_write(mem_t *m, u64 gpa, int width, u64 value) {
+    if (width == 4 && !(gpa & 3))
+        return mem_write32(m, gpa, (u32)value);
+    for (int i = 0; i < width; i++) {
+        u64 a = gpa + i, word = a & ~3ULL;
+        int shift = 8 * (a & 3);
+        u32 old = mem_word(m, word);
+        u32 byte = (u32)((value >> (8 * i)) & 0xFF);
+        if (mem_write32(m, word, (old & ~(0xFFu << shift)) | (byte << shift)) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void mem_free(mem_t *m) {
+    for (size_t i = 0; i < m->tables.cap; i++)
+        if (m->tables.keys[i])
+            free((void *)(uintptr_t)m->tables.vals[i]);
+    map_free(&m->tables);
+    map_free(&m->words);
+}
+
+/* ------------------------------------------------------------------ guest walk (paging.py) */
+typedef struct {
+    u64 gfn;
+    i64 pt_gfn; /* -1: a PS=1 directory entry maps the page */
+    u64 pd_gfn, leaf_gpa, leaf;
+    int writable, user, dirty, dirtied;
+} walk_t;
+
+/* ------------------------------------------------------------------ shadow pages (shadow.py) */
+typedef struct {
+    u64 gfn;
+    int level, quadrant, direct;
+    u64 *sptes;      /* level 1: 512 sptes (0: none); NULL: none at all */
+    int32_t *children; /* level 2: 512 child ids (-1: none) */
+    vec_t parents;   /* (parent id << 9) | index */
+    int unsync, root_count, zapped, prefetched;
+    i64 write_flooding_count;
+    u64 notrap[8], trap[8];
+    int nsptes;
+} sp_t;
+
+static inline u64 sp_key(u64 gfn, int level, int quadrant, int direct) {
+    return (gfn << 5) | ((u64)level << 3) | ((u64)quadrant << 1) | (u64)direct;
+}
+
+static inline int bit_get(const u64 *bits, int i) { return (int)((bits[i >> 6] >> (i & 63)) & 1); }
+static inline void bit_set(u64 *bits, int i) { bits[i >> 6] |= 1ULL << (i & 63); }
+static inline void bit_clear(u64 *bits, int i) { bits[i >> 6] &= ~(1ULL << (i & 63)); }
+
+/* ------------------------------------------------------------------ the policies (policies/) */
+enum { B_EMULATE, B_UNSHADOW, B_FLOOD, B_PERPAGE, B_XEN_EARLY, B_UNSYNC, B_XEN_OOS, B_SKI,
+       B_ORACLE };
+
+typedef struct {
+    int base;
+    /* wrappers: accessed-clear (policies/accessed_clear.py), xen-batch (policies/xen_batch.py) */
+    int accessed_clear;
+    int batch, batch_extra, batch_pae_only;
+    /* flood-count / unsync (policies/flood_count.py) */
+    int v20, v27;
+    i64 threshold;
+    /* per-page-flood */
+    int include_leaf;
+    /* xen-early-unshadow / xen-oos */
+    int keep_on_unaligned_zero;
+    int oos_limit;
+    /* ski-rental: thresholds drawn ahead (ski-rental-random) or one fixed value */
+    PyObject *draw; /* callable returning a list of thresholds, or NULL (fixed) */
+    i64 ski_threshold;
+    i64 *drawn;
+    Py_ssize_t ndrawn, next_drawn;
+    /* oracle */
+    int oracle_native;
+} policy_t;
+
+/* per-vCPU and per-gfn policy state */
+typedef struct {
+    /* flood-count */
+    u64 last_gfn;
+    i64 count;
+    i64 last_pte;     /* spte ref (sp id << 9 | idx), -1: NULL */
+    int has_pte_gfn;
+    i64 last_pte_gfn;
+    /* xen-early-unshadow: last_emulated_mfn_for_unshadow, -1: none */
+    i64 xen_last;
+    /* xen-oos table (oos_limit slots, -1: empty) */
+    i64 *oos;
+} cpu_state_t;
+
+/* ------------------------------------------------------------------ the machine */
+typedef struct {
+    PyObject_HEAD
+    mem_t mem;
+    int pae, esize, cpus;
+    /* MMUConfig */
+    int update_spte, dirty_bit_pte_write, quadrant_filter, user_fault_unshadow,
+        user_write_unshadow, bypass, intercept_invlpg, invlpg_drops_spte, sync_on_cr3,
+        sync_zaps_empty;
+    u64 counters[NCOUNTERS];
+    PyObject *marks; /* list of (arg, tuple of counter values) */
+    sp_t *sps;
+    size_t nsp, capsp;
+    map_t pages;     /* sp_key -> id + 1 */
+    vecmap_t by_gfn; /* gfn -> ids of its indirect shadow pages, in creation order */
+    vecmap_t rmap;   /* gfn -> refs of the leaf sptes mapping it */
+    vec_t unsync_pages;
+    u64 *cr3;
+    int32_t *roots; /* cpus x 4 */
+    i64 *batch;
+    int *reload;
+    int unsynced;
+    walk_t last_walk;
+    policy_t pol;
+    cpu_state_t *cs;
+    /* ski-rental per gfn: writes + 1, threshold, speculative refs */
+    map_t ski_writes, ski_threshold;
+    vecmap_t ski_spec;
+    i64 ski_written_gfn;
+    /* oracle per gfn: plan (writes << 1 | unshadow), next index, count */
+    vecmap_t oracle_plan;
+    map_t oracle_next, oracle_count;
+    i64 oracle_zap_gfn;
+    /* the insn table: flags per insn id (bit 0: "btr") */
+    unsigned char *insn_btr;
+    Py_ssize_t ninsn;
+    /* replay state */
+    Py_buffer rb[5];
+    int have_reads;
+    Py_ssize_t rj, rn;
+    i64 done;     /* operations executed */
+    Py_ssize_t op_pos; /* position in the current op chunk */
+    int failed;   /* a C-level error (out of memory, BenchError) is pending */
+} Core;
+
+static PyObject *BenchError; /* bench.errors.BenchError */
+
+#define OOM(self) do { (self)->failed = 1; PyErr_NoMemory(); } while (0)
+
+/* ------------------------------------------------------------------ walk (paging.walk) */
+static int walk(Core *self, u64 cr3, u64 vaddr, int write, int user, walk_t *w) {
+    mem_t *mem = &self->mem;
+    int pae = self->pae;
+    u64 pde_gpa;
+    if (pae) {
+        u64 pdpte = mem_entry(mem, (cr3 & 0xFFFFFFE0ULL) + ((vaddr >> 30) << 3), 1);
+        if (!(pdpte & P_BIT))
+            return 0;
+        pde_gpa = (pdpte & ADDR_MASK_PAE) + (((vaddr >> 21) & 0x1FF) << 3);
+    } else {
+        pde_gpa = (cr3 & ADDR_MASK_32) + ((vaddr >> 22) << 2);
+    }
+    u64 pde = mem_entry(mem, pde_gpa, pae);
+    if (!(pde & P_BIT) || (user && !(pde & US_BIT)))
+        return 0;
+    u64 mask = pae ? ADDR_MASK_PAE : ADDR_MASK_32;
+    if (pde & PS_BIT) {
+        if (write && !(pde & RW_BIT))
+            return 0;
+        int dirtied = write && !(pde & D_BIT);
+        u64 want = pde | A_BIT | (write ? D_BIT : 0);
+        if (want != pde) {
+            if (mem_write32(mem, pde_gpa, (u32)want) < 0)
+                return -1;
+            pde = want;
+        }
+        u64 span = (1ULL << ((pae ? 21 : 22) - 12)) - 1;
+        w->gfn = (((pde & mask) >> 12) & ~span) + ((vaddr >> 12) & span);
+        w->pt_gfn = -1;
+        w->pd_gfn = pde_gpa >> 12;
+        w->leaf_gpa = pde_gpa;
+        w->leaf = pde;
+        w->writable = (pde & RW_BIT) != 0;
+        w->user = (pde & US_BIT) != 0;
+        w->dirty = (pde & D_BIT) != 0;
+        w->dirtied = dirtied;
+        return 1;
+    }
+    u64 pte_gpa = (pde & mask) + (((vaddr >> 12) & (pae ? 511 : 1023)) * (pae ? 8 : 4));
+    u64 pte = mem_entry(mem, pte_gpa, pae);
+    if (!(pte & P_BIT) || (user && !(pte & US_BIT)))
+        return 0;
+    int writable = (pde & RW_BIT) && (pte & RW_BIT);
+    if (write && !writable)
+        return 0;
+    int dirtied = write && !(pte & D_BIT);
+    if (!(pde & A_BIT)) {
+        if (mem_write32(mem, pde_gpa, (u32)(pde | A_BIT)) < 0)
+            return -1;
+    }
+    u64 want = pte | A_BIT | (write ? D_BIT : 0);
+    if (want != pte) {
+        if (mem_write32(mem, pte_gpa, (u32)want) < 0)
+            return -1;
+        pte = want;
+    }
+    w->gfn = (pte & mask) >> 12;
+    w->pt_gfn = (i64)((pde & mask) >> 12);
+    w->pd_gfn = pde_gpa >> 12;
+    w->leaf_gpa = pte_gpa;
+    w->leaf = pte;
+    w->writable = writable;
+    w->user = (pde & US_BIT) && (pte & US_BIT);
+    w->dirty = (pte & D_BIT) != 0;
+    w->dirtied = dirtied;
+    return 1;
+}
+
+/* native.apply_write */
+static int apply_write(Core *self, u64 gpa, int kind, i64 width, u64 value) {
+    mem_t *mem = &self->mem;
+    if (kind == K_STORE) {
+        if (width == 4 && !(gpa & 3))
+            return mem_write32(mem, gpa, (u32)value);
+        return mem_write(mem, gpa, (int)width, value);
+    }
+    u64 word = gpa & ~3ULL;
+    u32 old = mem_word(mem, word);
+    u32 bit = 1u << (width & 31);
+    return mem_write32(mem, word, kind == K_BTR ? (old & ~bit) : (old | bit));
+}
+
+/* native.count_native */
+static inline void count_native(Core *self, int kind, i64 arg) {
+    u64 *c = self->counters;
+    switch (kind) {
+    case K_LOAD: c[C_native_load]++; break;
+    case K_STORE: c[C_native_store]++; break;
+    case K_BTR: case K_BTS: c[C_native_locked_rmw]++; break;
+    case K_INVLPG: c[C_native_invlpg]++; break;
+    case K_CR3: c[C_native_cr3]++; break;
+    case K_COMPUTE: c[C_native_compute_cycles] += (u64)arg; break;
+    }
+}
+
+/* ------------------------------------------------------------------ forward declarations */
+static void zap_page(Core *self, int32_t id);
+static void sync_page(Core *self, int32_t id);
+static int set_spte(Core *self, int cpu, int32_t id, int idx, u64 gfn, int writable, int dirty,
+                    int write_fault, int user_fault, int speculative);
+static void write_fault(Core *self, int kind, int cpu, u64 vaddr, i64 arg, u64 value, int insn,
+                        int retry);
+static void emulate_write(Core *self, int cpu, u64 gpa, int kind, i64 arg, u64 value, int insn,
+                          int extra);
+static void load_roots(Core *self, int cpu);
+
+/* the write a policy sees (bench.machine.events.PteWrite) */
+typedef struct {
+    int cpu;
+    u64 gpa, gfn, offset;
+    i64 bytes;
+    int pte_size, is_btr;
+    u64 old_gpte, new_gpte;
+    int extra, walker;
+} ptewrite_t;
+
+static inline int pw_misaligned(const ptewrite_t *w) {
+    return ((w->offset ^ (w->offset + (u64)w->bytes - 1)) & ~(u64)(w->pte_size - 1)) != 0;
+}
+
+/* ------------------------------------------------------------------ MMUView (for policies) */
+static inline u64 ref_spte(Core *self, i64 ref) {
+    sp_t *sp = &self->sps[ref >> 9];
+    return sp->sptes ? sp->sptes[ref & 511] : 0;
+}
+
+/* ShadowMachine.resync_gfn */
+static void resync_gfn(Core *self, u64 gfn) {
+    vec_t *sps = vecmap_get(&self->by_gfn, gfn);
+    if (!sps || !sps->n)
+        return;
+    u32 n = sps->n;
+    u64 ids[n];
+    memcpy(ids, sps->v, n * sizeof(u64));
+    for (u32 i = 0; i < n && !self->failed; i++)
+        if (self->sps[ids[i]].unsync)
+            sync_page(self, (int32_t)ids[i]);
+}
+
+/* ------------------------------------------------------------------ policy hooks */
+static cpu_state_t *cpu_state(Core *self, int cpu) { return &self->cs[cpu]; }
+
+static int pol_flood(const policy_t *p) { return p->base == B_FLOOD || p->base == B_UNSYNC; }
+static int pol_xen(const policy_t *p) { return p->base == B_XEN_EARLY || p->base == B_XEN_OOS; }
+
+/* Policy.on_pte_write */
+static int pol_on_pte_write(Core *self, const ptewrite_t *w) {
+    policy_t *p = &self->pol;
+    cpu_state_t *s = cpu_state(self, w->cpu);
+    if (pol_flood(p)) { /* FloodCount.on_pte_write */
+        i64 last_pte = s->last_pte;
+        if (p->v27 && last_pte >= 0 && s->has_pte_gfn && (u64)s->last_pte_gfn == w->gfn) {
+            u64 *sptes = self->sps[last_pte >> 9].sptes; /* mark_spte_accessed */
+            if (sptes && sptes[last_pte & 511])
+                sptes[last_pte & 511] |= SPTE_A;
+        }
+        int accessed = last_pte >= 0 && (ref_spte(self, last_pte) & SPTE_A);
+        int flooded = 0;
+        if (w->gfn == s->last_gfn && !accessed) {
+            s->count += 1;
+            flooded = s->count >= p->threshold;
+        } else {
+            s->last_gfn = w->gfn;
+            s->count = 1;
+            s->last_pte = -1;
+        }
+        return flooded || (!p->v20 && w->bytes < 4);
+    }
+    if (pol_xen(p)) { /* XenEarlyUnshadow.on_pte_write */
+        if (w->walker)
+            return 0;
+        int readable = 0;
+        u64 word = 0;
+        if (w->bytes >= 4) { /* first_written_word */
+            u64 shift = w->offset & (u64)(w->pte_size - 1);
+            if (shift + 4 <= (u64)w->pte_size) {
+                readable = 1;
+                word = (w->new_gpte >> (8 * shift)) & 0xFFFFFFFFULL;
+            }
+        }
+        if (readable && word == 0) {
+            if (w->offset % (u64)w->pte_size == 0) {
+                int hit = s->xen_last == (i64)w->gfn;
+                s->xen_last = (i64)w->gfn;
+                return hit;
+            }
+            if (p->keep_on_unaligned_zero)
+                return 0;
+        }
+        s->xen_last = -1;
+        return 0;
+    }
+    if (p->base == B_SKI) {
+        self->ski_written_gfn = (i64)w->gfn;
+        return 0;
+    }
+    if (p->base == B_ORACLE) {
+        if ((i64)w->gfn == self->oracle_zap_gfn && !w->walker) {
+            self->oracle_zap_gfn = -1;
+            return 1;
+        }
+        return 0;
+    }
+    return 0;
+}
+
+/* PerPageFlood.on_pte_write_page */
+static int pol_on_pte_write_page(Core *self, const ptewrite_t *w, sp_t *sp) {
+    policy_t *p = &self->pol;
+    if (w->walker)
+        return 0;
+    if (!(w->bytes == 1 && w->offset % (u64)w->pte_size == 0)) {
+        if (pw_misaligned(w) || w->bytes < 4)
+            return 1;
+    }
+    if (sp->level == 1 && !p->include_leaf)
+        return 0;
+    sp->write_flooding_count += 1;
+    return sp->write_flooding_count >= p->threshold;
+}
+
+static void pol_on_spte_set(Core *self, int cpu, i64 ref, int speculative, int ptwrite) {
+    policy_t *p = &self->pol;
+    if (pol_flood(p)) {
+        if (p->v20)
+            return;
+        cpu_state_t *s = cpu_state(self, cpu);
+        if (p->v27) {
+            if (speculative) {
+                s->last_pte = ref;
+                u64 spte = ref_spte(self, ref);
+                s->has_pte_gfn = 1;
+                s->last_pte_gfn = spte ? (i64)(spte >> 12) : -1;
+            }
+        } else if (!ptwrite) {
+            s->last_pte = ref;
+        }
+    } else if (p->base == B_SKI) {
+        if (speculative && self->ski_written_gfn >= 0 &&
+            map_get(&self->ski_writes, (u64)self->ski_written_gfn)) {
+            vec_t *refs = vecmap_ref(&self->ski_spec, (u64)self->ski_written_gfn);
+            if (!refs || vec_push(refs, (u64)ref) < 0)
+                OOM(self);
+        }
+    }
+}
+
+static void ski_used(Core *self, u64 gfn) {
+    u64 *slot;
+    if (map_get(&self->ski_writes, gfn) && (slot = map_ref(&self->ski_writes, gfn)))
+        *slot = 0;
+    if (map_get(&self->ski_threshold, gfn) && (slot = map_ref(&self->ski_threshold, gfn)))
+        *slot = 0;
+    vec_t *refs = vecmap_get(&self->ski_spec, gfn);
+    if (refs)
+        refs->n = 0;
+}
+
+static void pol_on_shadow_walk(Core *self, int cpu, int level, u64 gfn) {
+    if (self->pol.base == B_SKI && level == 1 && map_get(&self->ski_writes, gfn))
+        ski_used(self, gfn);
+}
+
+static void pol_on_shadow_fault(Core *self, int cpu, int ptwrite) {
+    policy_t *p = &self->pol;
+    if (pol_flood(p)) {
+        if (!p->v20 && !ptwrite)
+            cpu_state(self, cpu)->count = 0;
+    } else if (pol_xen(p)) {
+        if (!ptwrite)
+            cpu_state(self, cpu)->xen_last = -1;
+    }
+}
+
+static void pol_on_guest_fault(Core *self, int cpu) {
+    policy_t *p = &self->pol;
+    if (pol_flood(p)) {
+        if (!p->v20)
+            cpu_state(self, cpu)->count = 0;
+    } else if (pol_xen(p)) {
+        cpu_state(self, cpu)->xen_last = -1;
+    }
+}
+
+static void oos_forget(Core *self, u64 gfn) {
+    for (int c = 0; c < self->cpus; c++)
+        for (int i = 0; i < self->pol.oos_limit; i++)
+            if (self->cs[c].oos[i] == (i64)gfn)
+                self->cs[c].oos[i] = -1;
+}
+
+static void pol_on_zap(Core *self, u64 gfn, int level) {
+    policy_t *p = &self->pol;
+    if (pol_flood(p)) {
+        if (!p->v20)
+            for (int c = 0; c < self->cpus; c++)
+                self->cs[c].last_pte = -1;
+    } else if (p->base == B_XEN_OOS) {
+        if (level == 1)
+            oos_forget(self, gfn);
+    }
+}
+
+/* XenOOS.on_cr3: this vCPU's table first, then the others' in vCPU order */
+static void pol_on_cr3(Core *self, int cpu) {
+    if (self->pol.base != B_XEN_OOS)
+        return;
+    for (int k = -1; k < self->cpus && !self->failed; k++) {
+        int c = k < 0 ? cpu : k;
+        if (k >= 0 && c == cpu)
+            continue;
+        i64 *table = self->cs[c].oos;
+        for (int i = 0; i < self->pol.oos_limit && !self->failed; i++) {
+            if (table[i] >= 0) {
+                u64 gfn = (u64)table[i];
+                table[i] = -1;
+                resync_gfn(self, gfn);
+            }
+        }
+    }
+}
+
+/* Policy.unsync_on_map (only asked when the base unsyncs) */
+static int pol_unsync_on_map(Core *self, int cpu, u64 gfn, int write_fault) {
+    if (self->pol.base == B_UNSYNC)
+        return 1;
+    /* XenOOS.unsync_on_map: oos_hash_add */
+    if (!write_fault)
+        return 0;
+    oos_forget(self, gfn);
+    i64 *oos = self->cs[cpu].oos;
+    int n = self->pol.oos_limit;
+    int idx = (int)(gfn % (u64)n);
+    i64 g = (i64)gfn;
+    i64 home = oos[idx];
+    if (n > 1 && home >= 0 && (u64)home % (u64)n == (u64)idx) {
+        oos[idx] = g;
+        g = home;
+        idx = (idx + 1) % n;
+    }
+    i64 victim = oos[idx];
+    oos[idx] = g;
+    if (victim >= 0)
+        resync_gfn(self, (u64)victim);
+    return 1;
+}
+
+/* the next ski-rental threshold: fixed, or drawn (ski-rental-random, drawn in Python ahead) */
+static i64 ski_next_threshold(Core *self) {
+    policy_t *p = &self->pol;
+    if (!p->draw)
+        return p->ski_threshold;
+    if (p->next_drawn >= p->ndrawn) {
+        PyObject *got = PyObject_CallNoArgs(p->draw);
+        if (!got) {
+            self->failed = 1;
+            return 1;
+        }
+        Py_ssize_t n = PySequence_Length(got);
+        i64 *drawn = n > 0 ? realloc(p->drawn, n * sizeof(i64)) : NULL;
+        if (!drawn) {
+            Py_DECREF(got);
+            if (n >= 0)
+                OOM(self);
+            else
+                self->failed = 1;
+            return 1;
+        }
+        p->drawn = drawn;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *item = PySequence_GetItem(got, i);
+            drawn[i] = item ? PyLong_AsLongLong(item) : -1;
+            Py_XDECREF(item);
+        }
+        Py_DECREF(got);
+        if (PyErr_Occurred()) {
+            self->failed = 1;
+            return 1;
+        }
+        p->ndrawn = n;
+        p->next_drawn = 0;
+    }
+    return p->drawn[p->next_drawn++];
+}
+
+/* Policy.on_write_fault (only asked when the policy decides writes) */
+typedef struct {
+    u64 gfn, old_gpte;
+    i64 bit;
+    int is_btr, can_unsync;
+} fault_t;
+
+static int pol_on_write_fault(Core *self, const fault_t *f) {
+    policy_t *p = &self->pol;
+    if (p->accessed_clear && f->is_btr && f->bit == 5 && (f->old_gpte & 1) == 1)
+        return D_UNSHADOW_NATIVE; /* WriteFault.clears_accessed */
+    switch (p->base) {
+    case B_UNSHADOW:
+        return D_UNSHADOW;
+    case B_UNSYNC:
+        return f->can_unsync ? D_UNSYNC : D_EMULATE;
+    case B_SKI: { /* SkiRental.on_write_fault */
+        u64 gfn = f->gfn;
+        vec_t *refs = vecmap_get(&self->ski_spec, gfn);
+        if (refs && refs->n) {
+            for (u32 i = 0; i < refs->n; i++) {
+                if (ref_spte(self, (i64)refs->v[i]) & SPTE_A) {
+                    ski_used(self, gfn);
+                    break;
+                }
+            }
+        }
+        u64 wv = map_get(&self->ski_writes, gfn);
+        i64 writes = (wv ? (i64)wv - 1 : 0) + 1;
+        u64 *slot;
+        if (writes == 1) {
+            i64 t = ski_next_threshold(self);
+            if (self->failed || !(slot = map_ref(&self->ski_threshold, gfn))) {
+                if (!self->failed)
+                    OOM(self);
+                return D_EMULATE;
+            }
+            *slot = (u64)t + 1;
+        }
+        i64 threshold = (i64)map_get(&self->ski_threshold, gfn) - 1;
+        if (writes >= threshold) {
+            ski_used(self, gfn);
+            return D_UNSHADOW;
+        }
+        if (!(slot = map_ref(&self->ski_writes, gfn))) {
+            OOM(self);
+            return D_EMULATE;
+        }
+        *slot = (u64)writes + 1;
+        return D_EMULATE;
+    }
+    case B_ORACLE: { /* Oracle.on_write_fault */
+        u64 gfn = f->gfn;
+        vec_t *plan = vecmap_get(&self->oracle_plan, gfn);
+        if (!plan)
+            return D_EMULATE;
+        u64 *next = map_ref(&self->oracle_next, gfn), *countp = map_ref(&self->oracle_count, gfn);
+        if (!next || !countp) {
+            OOM(self);
+            return D_EMULATE;
+        }
+        u64 i = *next;
+        if (i >= plan->n) {
+            self->failed = 1;
+            PyErr_Format(BenchError, "oracle replay diverged from the record at gfn %#llx",
+                         (unsigned long long)gfn);
+            return D_EMULATE;
+        }
+        u64 writes = plan->v[i] >> 1;
+        int unshadow = (int)(plan->v[i] & 1);
+        u64 count = *countp;
+        if (count == 0 && unshadow) {
+            *next = i + 1;
+            if (p->oracle_native)
+                return D_UNSHADOW_NATIVE;
+            self->oracle_zap_gfn = (i64)gfn;
+            return D_EMULATE;
+        }
+        count += 1;
+        if (count == writes) {
+            *next = i + 1;
+            count = 0;
+        }
+        *countp = count;
+        return D_EMULATE;
+    }
+    default:
+        return D_EMULATE;
+    }
+}
+
+static inline int pol_decides_writes(const policy_t *p) {
+    return p->accessed_clear || p->base == B_UNSHADOW || p->base == B_UNSYNC ||
+           p->base == B_SKI || p->base == B_ORACLE;
+}
+
+/* ------------------------------------------------------------------ shadow-page pool */
+static int32_t new_page(Core *self, u64 gfn, int level, int quadrant, int direct) {
+    if (self->nsp == self->capsp) {
+        size_t cap = self->capsp ? self->capsp * 2 : 256;
+        sp_t *sps = realloc(self->sps, cap * sizeof(sp_t));
+        if (!sps)
+            return -1;
+        self->sps = sps;
+        self->capsp = cap;
+    }
+    if (self->nsp >= (1ULL << 40))
+        return -1;
+    sp_t *sp = &self->sps[self->nsp];
+    memset(sp, 0, sizeof(*sp));
+    sp->gfn = gfn;
+    sp->level = level;
+    sp->quadrant = quadrant;
+    sp->direct = direct;
+    if (level == 1) {
+        sp->sptes = calloc(512, sizeof(u64));
+        if (!sp->sptes)
+            return -1;
+    } else {
+        sp->children = malloc(512 * sizeof(int32_t));
+        if (!sp->children)
+            return -1;
+        for (int i = 0; i < 512; i++)
+            sp->children[i] = -1;
+    }
+    return (int32_t)self->nsp++;
+}
+
+/* the sptes of a level-1 page, allocated again if a zap freed them (an spte set on a page
+ * zapped under it, as the Python reference allows) */
+static u64 *sp_sptes(Core *self, sp_t *sp) {
+    if (!sp->sptes) {
+        sp->sptes = calloc(512, sizeof(u64));
+        if (!sp->sptes)
+            OOM(self);
+    }
+    return sp->sptes;
+}
+
+/* ------------------------------------------------------------------ bypass (notrap entries) */
+/* ShadowMachine._notrap */
+static int notrap(Core *self, sp_t *sp, int idx) {
+    if (bit_get(sp->notrap, idx))
+        return 1;
+    if (!sp->prefetched || bit_get(sp->trap, idx))
+        return 0;
+    u64 base = sp->gfn << 12;
+    if (self->pae)
+        return !(mem_entry(&self->mem, base + ((u64)idx << 3), 1) & 1);
+    return !(mem_entry(&self->mem, base + ((((u64)sp->quadrant << 9) + idx) << 2), 0) & 1);
+}
+
+/* ShadowMachine._set_nonpresent */
+static void set_nonpresent(sp_t *sp, int idx, int is_notrap) {
+    if (is_notrap) {
+        bit_set(sp->notrap, idx);
+        bit_clear(sp->trap, idx);
+    } else {
+        bit_clear(sp->notrap, idx);
+        if (sp->prefetched)
+            bit_set(sp->trap, idx);
+    }
+}
+
+/* ------------------------------------------------------------------ rmap */
+static void rmap_remove(Core *self, u64 gfn, int32_t id, int idx) {
+    vec_t *v = vecmap_get(&self->rmap, gfn);
+    if (!v)
+        return;
+    int i = vec_find(v, ((u64)id << 9) | (u64)idx);
+    if (i >= 0) {
+        v->v[i] = v->v[v->n - 1]; /* the rmap is a set: order does not matter */
+        v->n--;
+    }
+}
+
+/* ShadowMachine._write_protect (rmap_write_protect) */
+static void write_protect(Core *self, u64 gfn) {
+    vec_t *v = vecmap_get(&self->rmap, gfn);
+    if (!v)
+        return;
+    for (u32 i = 0; i < v->n; i++) {
+        sp_t *sp = &self->sps[v->v[i] >> 9];
+        u64 *sptes = sp_sptes(self, sp);
+        if (sptes)
+            sptes[v->v[i] & 511] &= ~SPTE_W;
+    }
+}
+
+static inline int has_pages(Core *self, u64 gfn) {
+    vec_t *v = vecmap_get(&self->by_gfn, gfn);
+    return v && v->n;
+}
+
+/* ShadowMachine._protected */
+static int protected_gfn(Core *self, u64 gfn) {
+    vec_t *v = vecmap_get(&self->by_gfn, gfn);
+    if (!v)
+        return 0;
+    for (u32 i = 0; i < v->n; i++)
+        if (!self->sps[v->v[i]].unsync)
+            return 1;
+    return 0;
+}
+
+/* ShadowMachine._can_unsync */
+static int can_unsync(Core *self, u64 gfn) {
+    vec_t *v = vecmap_get(&self->by_gfn, gfn);
+    if (!v || !v->n)
+        return 0;
+    int quadrant = self->sps[v->v[0]].quadrant;
+    for (u32 i = 0; i < v->n; i++) {
+        sp_t *sp = &self->sps[v->v[i]];
+        if (sp->level != 1 || sp->quadrant != quadrant)
+            return 0;
+    }
+    return 1;
+}
+
+/* ShadowMachine._unsync */
+static void unsync_gfn(Core *self, u64 gfn) {
+    vec_t *v = vecmap_get(&self->by_gfn, gfn);
+    if (!v)
+        return;
+    for (u32 i = 0; i < v->n; i++) {
+        sp_t *sp = &self->sps[v->v[i]];
+        if (!sp->unsync) {
+            sp->unsync = 1;
+            if (vec_push(&self->unsync_pages, v->v[i]) < 0) {
+                OOM(self);
+                return;
+            }
+            self->counters[C_mmu_unsync]++;
+            sp->prefetched = 0;
+            memset(sp->notrap, 0, sizeof(sp->notrap));
+            memset(sp->trap, 0, sizeof(sp->trap));
+        }
+    }
+}
+
+static void unsync_pages_discard(Core *self, int32_t id) {
+    int i = vec_find(&self->unsync_pages, (u64)id);
+    if (i >= 0) {
+        self->unsync_pages.v[i] = self->unsync_pages.v[self->unsync_pages.n - 1];
+        self->unsync_pages.n--;
+    }
+}
+
+/* ShadowMachine._get_page (kvm_mmu_get_page); -1 on error */
+static int32_t get_page(Core *self, u64 gfn, int level, int quadrant, int direct) {
+    if (!direct)
+        resync_gfn(self, gfn); /* syncs the unsync pages it meets */
+    if (self->failed)
+        return -1;
+    u64 key = sp_key(gfn, level, quadrant, direct);
+    u64 found = map_get(&self->pages, key);
+    if (found) {
+        self->sps[found - 1].write_flooding_count = 0;
+        return (int32_t)(found - 1);
+    }
+    self->counters[C_mmu_cache_miss]++;
+    int32_t id = new_page(self, gfn, level, quadrant, direct);
+    u64 *slot = id < 0 ? NULL : map_ref(&self->pages, key);
+    if (!slot) {
+        OOM(self);
+        return -1;
+    }
+    *slot = (u64)id + 1;
+    sp_t *sp = &self->sps[id];
+    sp->prefetched = self->bypass && !direct && (self->pae || level == 1);
+    if (!direct) {
+        vec_t *v = vecmap_ref(&self->by_gfn, gfn);
+        if (!v || vec_push(v, (u64)id) < 0) {
+            OOM(self);
+            return -1;
+        }
+        write_protect(self, gfn);
+    }
+    return id;
+}
+
+/* ShadowMachine._zap_page (kvm_mmu_zap_page) */
+static void zap_page(Core *self, int32_t id) {
+    sp_t *sp = &self->sps[id];
+    self->counters[C_mmu_shadow_zapped]++;
+    if (sp->level == 1) {
+        if (sp->sptes) {
+            for (int idx = 0; idx < 512; idx++)
+                if (sp->sptes[idx])
+                    rmap_remove(self, sp->sptes[idx] >> 12, id, idx);
+            free(sp->sptes);
+            sp->sptes = NULL;
+        }
+        sp->nsptes = 0;
+    } else if (sp->children) {
+        for (int idx = 0; idx < 512; idx++) {
+            int32_t child = sp->children[idx];
+            if (child >= 0) {
+                vec_t *pv = &self->sps[child].parents;
+                int i = vec_find(pv, ((u64)id << 9) | (u64)idx);
+                if (i >= 0) {
+                    pv->v[i] = pv->v[pv->n - 1];
+                    pv->n--;
+                }
+                sp->children[idx] = -1;
+            }
+        }
+    }
+    for (u32 k = 0; k < sp->parents.n; k++) {
+        u64 link = sp->parents.v[k];
+        sp_t *parent = &self->sps[link >> 9];
+        int idx = (int)(link & 511);
+        if (parent->children && parent->children[idx] == id) {
+            parent->children[idx] = -1;
+            if (self->bypass)
+                set_nonpresent(parent, idx, 0);
+        }
+    }
+    sp->parents.n = 0;
+    u64 *slot = map_ref(&self->pages, sp_key(sp->gfn, sp->level, sp->quadrant, sp->direct));
+    if (slot)
+        *slot = 0;
+    if (!sp->direct) {
+        vec_t *v = vecmap_get(&self->by_gfn, sp->gfn);
+        if (v) {
+            int i = vec_find(v, (u64)id);
+            if (i >= 0)
+                vec_remove_at(v, (u32)i);
+        }
+    }
+    if (sp->unsync) {
+        sp->unsync = 0;
+        unsync_pages_discard(self, id);
+    }
+    if (sp->root_count) {
+        for (int cpu = 0; cpu < self->cpus; cpu++) {
+            for (int i = 0; i < 4; i++) {
+                if (self->roots[cpu * 4 + i] == id) {
+                    self->roots[cpu * 4 + i] = -1;
+                    self->reload[cpu] = 1;
+                    sp->root_count--;
+                }
+            }
+        }
+    }
+    sp->zapped = 1;
+    pol_on_zap(self, sp->gfn, sp->level);
+}
+
+/* ShadowMachine._unshadow */
+static void unshadow(Core *self, u64 gfn) {
+    vec_t *v = vecmap_get(&self->by_gfn, gfn);
+    if (!v || !v->n)
+        return;
+    u32 n = v->n;
+    u64 ids[n];
+    memcpy(ids, v->v, n * sizeof(u64));
+    for (u32 i = 0; i < n; i++)
+        zap_page(self, (int32_t)ids[i]);
+}
+
+/* ShadowMachine._sync_page (kvm_sync_page) */
+static void sync_page(Core *self, int32_t id) {
+    sp_t *sp = &self->sps[id];
+    u64 *c = self->counters;
+    c[C_mmu_resync]++;
+    int pae = self->pae;
+    u64 base = sp->gfn << 12;
+    if (sp->sptes) {
+        for (int idx = 0; idx < 512; idx++) {
+            u64 spte = sp->sptes[idx];
+            if (!spte)
+                continue;
+            c[C_mmu_resync_gpte]++;
+            u64 gpa = base + (pae ? ((u64)idx << 3) : ((((u64)sp->quadrant << 9) + idx) << 2));
+            u64 gpte = mem_entry(&self->mem, gpa, pae);
+            if ((gpte & 0x21) != 0x21 || ((gpte & ADDR_MASK_PAE) >> 12) != (spte >> 12)) {
+                sp->sptes[idx] = 0;
+                sp->nsptes--;
+                rmap_remove(self, spte >> 12, id, idx);
+                if (self->bypass)
+                    set_nonpresent(sp, idx, !(gpte & 1));
+            } else if ((spte & SPTE_W) && !((gpte & 0x2) && (gpte & 0x40))) {
+                sp->sptes[idx] = spte & ~SPTE_W;
+            }
+        }
+    }
+    sp->unsync = 0;
+    unsync_pages_discard(self, id);
+    write_protect(self, sp->gfn);
+    if (sp->nsptes == 0 && self->sync_zaps_empty)
+        zap_page(self, id);
+}
+
+static int cmp_keys(const void *a, const void *b) {
+    u64 x = ((const u64 *)a)[0], y = ((const u64 *)b)[0];
+    return x < y ? -1 : x > y;
+}
+
+/* ShadowMachine._sync_reachable (kvm_mmu_sync_roots) */
+static void sync_reachable(Core *self, int cpu) {
+    u32 n = self->unsync_pages.n;
+    if (!n)
+        return;
+    u64 (*order)[2] = malloc(n * sizeof(*order));
+    if (!order) {
+        OOM(self);
+        return;
+    }
+    for (u32 i = 0; i < n; i++) {
+        sp_t *sp = &self->sps[self->unsync_pages.v[i]];
+        order[i][0] = sp_key(sp->gfn, sp->level, sp->quadrant, sp->direct);
+        order[i][1] = self->unsync_pages.v[i];
+    }
+    qsort(order, n, sizeof(*order), cmp_keys);
+    int32_t *roots = &self->roots[cpu * 4];
+    for (u32 i = 0; i < n && !self->failed; i++) {
+        sp_t *sp = &self->sps[order[i][1]];
+        int reachable = 0;
+        for (u32 k = 0; k < sp->parents.n && !reachable; k++) {
+            int32_t parent = (int32_t)(sp->parents.v[k] >> 9);
+            for (int r = 0; r < 4; r++)
+                if (roots[r] >= 0 && roots[r] == parent)
+                    reachable = 1;
+        }
+        if (reachable)
+            sync_page(self, (int32_t)order[i][1]);
+    }
+    free(order);
+}
+
+/* ShadowMachine._need_write_protect (mmu_need_write_protect) */
+static int need_write_protect(Core *self, int cpu, u64 gfn, int write_fault) {
+    if (!protected_gfn(self, gfn))
+        return 0;
+    int base = self->pol.base;
+    if ((base == B_UNSYNC || base == B_XEN_OOS) && can_unsync(self, gfn) &&
+        pol_unsync_on_map(self, cpu, gfn, write_fault)) {
+        unsync_gfn(self, gfn);
+        self->unsynced = 1;
+        return 0;
+    }
+    return 1;
+}
+
+/* ShadowMachine._set_spte (mmu_set_spte); returns ptwrite */
+static int set_spte(Core *self, int cpu, int32_t id, int idx, u64 gfn, int writable, int dirty,
+                    int write_fault, int user_fault, int speculative) {
+    sp_t *sp = &self->sps[id];
+    u64 old = sp->sptes ? sp->sptes[idx] : 0;
+    if (old && (old >> 12) != gfn) {
+        rmap_remove(self, old >> 12, id, idx);
+        old = 0;
+    }
+    u64 spte = (gfn << 12) | SPTE_P;
+    if (!speculative)
+        spte |= SPTE_A;
+    int ptwrite = 0;
+    if (writable && dirty) {
+        if (user_fault && self->user_fault_unshadow) {
+            if (has_pages(self, gfn))
+                unshadow(self, gfn);
+            spte |= SPTE_W;
+        } else if (has_pages(self, gfn) && need_write_protect(self, cpu, gfn, write_fault)) {
+            ptwrite = write_fault;
+        } else {
+            spte |= SPTE_W;
+        }
+    }
+    if (self->failed)
+        return 0;
+    sp = &self->sps[id];
+    u64 *sptes = sp_sptes(self, sp);
+    if (!sptes)
+        return 0;
+    /* (the slot may have been emptied by a zap or sync above: count what is there now) */
+    if (!sptes[idx])
+        sp->nsptes++;
+    sptes[idx] = spte;
+    if (!old) {
+        vec_t *v = vecmap_ref(&self->rmap, gfn);
+        if (!v || vec_push(v, ((u64)id << 9) | (u64)idx) < 0) {
+            OOM(self);
+            return 0;
+        }
+    }
+    pol_on_spte_set(self, cpu, ((i64)id << 9) | idx, speculative, ptwrite);
+    return ptwrite;
+}
+
+/* ------------------------------------------------------------------ kvm_mmu_pte_write */
+/* ShadowMachine._mmu_pte_write; fills *out with the write the policy saw */
+static void mmu_pte_write(Core *self, int cpu, u64 gpa, i64 nbytes, int is_btr, u64 old_gpte,
+                          u64 new_gpte, int extra, int walker, ptewrite_t *out) {
+    u64 gfn = gpa >> 12;
+    u64 *c = self->counters;
+    c[C_mmu_pte_write]++;
+    u64 offset = gpa & 0xFFF;
+    ptewrite_t w = {cpu, gpa, gfn, offset, nbytes, self->esize, is_btr, old_gpte, new_gpte,
+                    extra, walker};
+    *out = w;
+    int zap = pol_on_pte_write(self, &w) || pw_misaligned(&w);
+    vec_t *v = vecmap_get(&self->by_gfn, gfn);
+    if (!v || !v->n)
+        return;
+    u32 n = v->n;
+    u64 ids[n];
+    memcpy(ids, v->v, n * sizeof(u64));
+    int flood_page = self->pol.base == B_PERPAGE;
+    for (u32 k = 0; k < n && !self->failed; k++) {
+        int32_t id = (int32_t)ids[k];
+        sp_t *sp = &self->sps[id];
+        if (sp->zapped)
+            continue;
+        if (zap || (flood_page && pol_on_pte_write_page(self, &w, sp))) {
+            zap_page(self, id);
+            c[C_mmu_flooded]++;
+            continue;
+        }
+        int indexes[2], nidx = 1;
+        if (self->pae) {
+            indexes[0] = (int)(offset >> 3);
+        } else if (!self->quadrant_filter) {
+            indexes[0] = (int)(((offset << 1) & 0xFFF) >> 3);
+        } else {
+            u64 gi = offset >> 2;
+            if (sp->level == 1) {
+                if ((int)(gi >> 9) != sp->quadrant)
+                    continue;
+                indexes[0] = (int)(gi & 0x1FF);
+            } else {
+                if ((int)(gi >> 8) != sp->quadrant)
+                    continue;
+                int base = (int)(gi & 0xFF) * 2;
+                indexes[0] = base;
+                indexes[1] = base + 1;
+                nidx = 2;
+            }
+        }
+        u64 gpte = new_gpte;
+        for (int j = 0; j < nidx && !self->failed; j++) {
+            int idx = indexes[j];
+            sp = &self->sps[id];
+            if (sp->level == 1) {
+                u64 old = sp->sptes ? sp->sptes[idx] : 0;
+                if (old) {
+                    sp->sptes[idx] = 0;
+                    sp->nsptes--;
+                    rmap_remove(self, old >> 12, id, idx);
+                }
+                if (self->update_spte) {
+                    c[C_mmu_pte_updated]++;
+                    if ((gpte & 0x21) == 0x21 && nbytes >= 4) {
+                        set_spte(self, cpu, id, idx, (gpte & ADDR_MASK_PAE) >> 12,
+                                 (gpte & 0x2) != 0, (gpte & 0x40) != 0, 0, 0, 1);
+                    } else if (self->bypass) {
+                        set_nonpresent(sp, idx, !(gpte & 1));
+                    }
+                } else if (self->bypass) {
+                    set_nonpresent(sp, idx, 0);
+                }
+            } else {
+                int32_t child = sp->children ? sp->children[idx] : -1;
+                if (child >= 0) {
+                    sp->children[idx] = -1;
+                    vec_t *pv = &self->sps[child].parents;
+                    int i = vec_find(pv, ((u64)id << 9) | (u64)idx);
+                    if (i >= 0) {
+                        pv->v[i] = pv->v[pv->n - 1];
+                        pv->n--;
+                    }
+                }
+                if (self->bypass)
+                    set_nonpresent(sp, idx, 0);
+                if (self->update_spte)
+                    c[C_mmu_pde_zapped]++;
+            }
+        }
+    }
+}
+
+/* ShadowMachine._after_emulated_write */
+static void after_emulated_write(Core *self, int cpu, u64 gpa, int kind, i64 arg, int insn,
+                                 u64 old_gpte, u64 new_gpte, int extra) {
+    ptewrite_t w;
+    int is_btr = insn >= 0 && insn < self->ninsn && self->insn_btr[insn];
+    if (kind == K_STORE)
+        mmu_pte_write(self, cpu, gpa, arg, is_btr, old_gpte, new_gpte, extra, 0, &w);
+    else
+        mmu_pte_write(self, cpu, gpa & ~3ULL, 4, is_btr, old_gpte, new_gpte, extra, 0, &w);
+    if (!extra && self->pol.batch) { /* XenBatch.extra_emulation */
+        i64 n = (self->pol.batch_pae_only && w.pte_size != 8) ? 0 : self->pol.batch_extra;
+        if (n > 0)
+            self->batch[cpu] = n;
+    }
+}
+
+/* ShadowMachine._emulate_write (emulator_write_phys) */
+static void emulate_write(Core *self, int cpu, u64 gpa, int kind, i64 arg, u64 value, int insn,
+                          int extra) {
+    u64 entry_gpa = gpa & ~(u64)(self->esize - 1);
+    u64 old_gpte = mem_entry(&self->mem, entry_gpa, self->pae);
+    if (apply_write(self, gpa, kind, arg, value) < 0) {
+        OOM(self);
+        return;
+    }
+    u64 new_gpte = mem_entry(&self->mem, entry_gpa, self->pae);
+    after_emulated_write(self, cpu, gpa, kind, arg, insn, old_gpte, new_gpte, extra);
+}
+
+/* ------------------------------------------------------------------ faults */
+/* ShadowMachine._fetch */
+static int fetch(Core *self, int cpu, u64 vaddr, const walk_t *w, int write, int user) {
+    int32_t root = self->roots[cpu * 4 + (vaddr >> 30)];
+    if (root < 0) {
+        load_roots(self, cpu);
+        if (self->failed)
+            return FIXED;
+        root = self->roots[cpu * 4 + (vaddr >> 30)];
+        if (root < 0) {
+            self->failed = 1;
+            PyErr_Format(BenchError, "no shadow root for %#llx: the guest changed its PDPT "
+                         "without reloading cr3", (unsigned long long)vaddr);
+            return FIXED;
+        }
+    }
+    self->sps[root].write_flooding_count = 0;
+    pol_on_shadow_walk(self, cpu, self->sps[root].level, self->sps[root].gfn);
+    int i2 = (int)((vaddr >> 21) & 0x1FF);
+    int32_t child = self->sps[root].children[i2];
+    if (child < 0) {
+        if (w->pt_gfn < 0)
+            child = get_page(self, w->gfn & ~0x1FFULL, 1, 0, 1);
+        else
+            child = get_page(self, (u64)w->pt_gfn, 1, self->pae ? 0 : (int)((vaddr >> 21) & 1),
+                             0);
+        if (child < 0)
+            return FIXED;
+        self->sps[root].children[i2] = child;
+        vec_t *pv = &self->sps[child].parents;
+        u64 link = ((u64)root << 9) | (u64)i2;
+        if (vec_find(pv, link) < 0 && vec_push(pv, link) < 0) {
+            OOM(self);
+            return FIXED;
+        }
+    }
+    self->sps[child].write_flooding_count = 0;
+    pol_on_shadow_walk(self, cpu, self->sps[child].level, self->sps[child].gfn);
+    int ptwrite = set_spte(self, cpu, child, (int)((vaddr >> 12) & 0x1FF), w->gfn, w->writable,
+                           w->dirty, write, user, 0);
+    return ptwrite ? PTWRITE : FIXED;
+}
+
+/* ShadowMachine._page_fault (FNAME(page_fault)) */
+static int page_fault(Core *self, int cpu, u64 vaddr, int write) {
+    u64 *c = self->counters;
+    if (self->reload[cpu]) {
+        load_roots(self, cpu);
+        if (self->failed)
+            return GUEST_FAULT;
+    }
+    int user = vaddr < PAGE_OFFSET;
+    walk_t w;
+    int ok = walk(self, self->cr3[cpu], vaddr, write, user, &w);
+    if (ok < 0) {
+        OOM(self);
+        return GUEST_FAULT;
+    }
+    if (!ok) {
+        c[C_exit_guest_fault]++;
+        c[C_pf_guest]++;
+        pol_on_guest_fault(self, cpu);
+        return GUEST_FAULT;
+    }
+    self->last_walk = w;
+    if (w.dirtied && self->dirty_bit_pte_write) {
+        ptewrite_t pw;
+        mmu_pte_write(self, cpu, w.leaf_gpa, self->esize, 0, w.leaf & ~0x40ULL, w.leaf, 0, 1,
+                      &pw);
+        if (self->failed)
+            return GUEST_FAULT;
+    }
+    self->unsynced = 0;
+    int status = fetch(self, cpu, vaddr, &w, write, user);
+    if (self->failed)
+        return GUEST_FAULT;
+    c[C_pf_fixed]++;
+    if (status == FIXED) {
+        if (self->unsynced && write)
+            c[C_exit_ptwrite_unsync]++;
+        else
+            c[C_exit_hidden_fault]++;
+    }
+    pol_on_shadow_fault(self, cpu, status == PTWRITE);
+    return status;
+}
+
+/* shadow._written_word */
+static u32 written_word(u32 old, u64 gpa, int kind, i64 arg, u64 value) {
+    if (kind == K_BTR)
+        return old & ~(1u << (arg & 31));
+    if (kind == K_BTS)
+        return old | (1u << (arg & 31));
+    int shift = 8 * (int)(gpa & 3);
+    i64 width = arg < (i64)(4 - (gpa & 3)) ? arg : (i64)(4 - (gpa & 3));
+    u64 mask = (((1ULL << (8 * width)) - 1) << shift) & 0xFFFFFFFFULL;
+    return (u32)((old & ~mask) | ((value << shift) & mask));
+}
+
+/* shadow._gpte_after */
+static u64 gpte_after(u64 gpte, u64 entry_gpa, int esize, u64 gpa, int kind, i64 arg, u64 value,
+                      u32 new_word) {
+    if (kind != K_STORE) {
+        gpa &= ~3ULL;
+        arg = 4;
+        value = new_word;
+    }
+    i64 start = (i64)gpa - (i64)entry_gpa;
+    if (start < 0) {
+        value >>= -8 * start;
+        arg += start;
+        start = 0;
+    }
+    i64 width = arg < esize - start ? arg : esize - start;
+    if (width <= 0)
+        return gpte;
+    u64 ones = width >= 8 ? ~0ULL : ((1ULL << (8 * width)) - 1);
+    u64 mask = ones << (8 * start);
+    return (gpte & ~mask) | ((value << (8 * start)) & mask);
+}
+
+/* ShadowMachine._make_writable_and_write */
+static void make_writable_and_write(Core *self, int cpu, u64 vaddr, int kind, i64 arg, u64 value,
+                                    int insn) {
+    int32_t sp2 = self->roots[cpu * 4 + (vaddr >> 30)];
+    int32_t sp1 = sp2 < 0 ? -1 : self->sps[sp2].children[(vaddr >> 21) & 0x1FF];
+    int idx = (int)((vaddr >> 12) & 0x1FF);
+    u64 spte = (sp1 < 0 || !self->sps[sp1].sptes) ? 0 : self->sps[sp1].sptes[idx];
+    if (sp1 < 0 || !spte || protected_gfn(self, spte >> 12)) {
+        write_fault(self, kind, cpu, vaddr, arg, value, insn, 1);
+        return;
+    }
+    self->sps[sp1].sptes[idx] = spte | SPTE_W | SPTE_A;
+    if (apply_write(self, ((spte >> 12) << 12) | (vaddr & 0xFFF), kind, arg, value) < 0)
+        OOM(self);
+}
+
+/* ShadowMachine._write_fault */
+static void write_fault(Core *self, int kind, int cpu, u64 vaddr, i64 arg, u64 value, int insn,
+                        int retry) {
+    int status = page_fault(self, cpu, vaddr, 1);
+    if (status == GUEST_FAULT || self->failed)
+        return;
+    walk_t w = self->last_walk;
+    u64 gpa = (w.gfn << 12) | (vaddr & 0xFFF);
+    if (status != PTWRITE) {
+        if (apply_write(self, gpa, kind, arg, value) < 0)
+            OOM(self);
+        return;
+    }
+    u64 gfn = w.gfn;
+    u64 *c = self->counters;
+    if (self->user_write_unshadow && !retry && vaddr < PAGE_OFFSET) {
+        c[C_exit_ptwrite_unshadow]++;
+        unshadow(self, gfn);
+        write_fault(self, kind, cpu, vaddr, arg, value, insn, 1);
+        return;
+    }
+    if (!pol_decides_writes(&self->pol)) {
+        c[C_exit_ptwrite_emulate]++;
+        c[C_insn_emulation]++;
+        emulate_write(self, cpu, gpa, kind, arg, value, insn, 0);
+        return;
+    }
+    int pae = self->pae, esize = self->esize;
+    u64 entry_gpa = gpa & ~(u64)(esize - 1);
+    u64 old_gpte = mem_entry(&self->mem, entry_gpa, pae);
+    u32 old_word = mem_word(&self->mem, gpa & ~3ULL);
+    u32 new_word = written_word(old_word, gpa, kind, arg, value);
+    u64 new_gpte = gpte_after(old_gpte, entry_gpa, esize, gpa, kind, arg, value, new_word);
+    vec_t *sps = vecmap_get(&self->by_gfn, gfn);
+    int leaf_only = 1;
+    for (u32 i = 0; sps && i < sps->n; i++) {
+        if (self->sps[sps->v[i]].level != 1) {
+            leaf_only = 0;
+            break;
+        }
+    }
+    fault_t f = {gfn, old_gpte, kind != K_STORE ? arg : -1,
+                 insn >= 0 && insn < self->ninsn && self->insn_btr[insn],
+                 leaf_only && can_unsync(self, gfn)};
+    int decision = pol_on_write_fault(self, &f);
+    if (self->failed)
+        return;
+    if ((decision == D_UNSYNC && !f.can_unsync) ||
+        (retry && (decision == D_UNSHADOW || decision == D_UNSHADOW_NATIVE)))
+        decision = D_EMULATE;
+    switch (decision) {
+    case D_EMULATE:
+        c[C_exit_ptwrite_emulate]++;
+        c[C_insn_emulation]++;
+        if (apply_write(self, gpa, kind, arg, value) < 0) {
+            OOM(self);
+            return;
+        }
+        after_emulated_write(self, cpu, gpa, kind, arg, insn, old_gpte, new_gpte, 0);
+        break;
+    case D_UNSHADOW:
+        c[C_exit_ptwrite_unshadow]++;
+        unshadow(self, gfn);
+        write_fault(self, kind, cpu, vaddr, arg, value, insn, 1);
+        break;
+    case D_UNSHADOW_NATIVE:
+        c[C_exit_ptwrite_unshadow]++;
+        unshadow(self, gfn);
+        make_writable_and_write(self, cpu, vaddr, kind, arg, value, insn);
+        break;
+    case D_UNSYNC:
+        c[C_exit_ptwrite_unsync]++;
+        unsync_gfn(self, gfn);
+        make_writable_and_write(self, cpu, vaddr, kind, arg, value, insn);
+        break;
+    }
+}
+
+/* ------------------------------------------------------------------ extra emulation */
+/* ShadowMachine._emulate_extra; 1 when the operation was emulated here */
+static int emulate_extra(Core *self, int kind, int cpu, u64 addr, i64 arg, u64 value, int insn) {
+    if (kind == K_MARK)
+        return 0;
+    u64 *c = self->counters;
+    i64 left = self->batch[cpu];
+    if (kind == K_COMPUTE) {
+        i64 v = (i64)value;
+        i64 used = (v <= 0 || v >= left) ? left : v;
+        c[C_insn_emulation_extra] += (u64)used;
+        c[C_insn_emulation_extra_non_pt] += (u64)used;
+        self->batch[cpu] = left - used;
+        return 0;
+    }
+    if (kind == K_INVLPG || kind == K_CR3) {
+        self->batch[cpu] = 0;
+        return 0;
+    }
+    if (addr < PAGE_OFFSET) {
+        c[C_insn_emulation_extra] += (u64)left;
+        c[C_insn_emulation_extra_non_pt] += (u64)left;
+        self->batch[cpu] = 0;
+        return 0;
+    }
+    int write = kind != K_LOAD;
+    walk_t w;
+    int ok = walk(self, self->cr3[cpu], addr, write, 0, &w);
+    if (ok < 0) {
+        OOM(self);
+        return 1;
+    }
+    if (!ok) {
+        self->batch[cpu] = 0;
+        return 0;
+    }
+    c[C_insn_emulation_extra]++;
+    count_native(self, kind, arg);
+    if (write) {
+        u64 gpa = (w.gfn << 12) | (addr & 0xFFF);
+        if (has_pages(self, w.gfn)) {
+            self->batch[cpu] = 0;
+            emulate_write(self, cpu, gpa, kind, arg, value, insn, 1);
+            return 1;
+        }
+        if (apply_write(self, gpa, kind, arg, value) < 0) {
+            OOM(self);
+            return 1;
+        }
+    }
+    c[C_insn_emulation_extra_non_pt]++;
+    self->batch[cpu] = left - 1;
+    return 1;
+}
+
+/* ------------------------------------------------------------------ invlpg, cr3 */
+static void invlpg(Core *self, int cpu, u64 vaddr) {
+    if (!self->intercept_invlpg)
+        return;
+    self->counters[C_exit_invlpg]++;
+    self->counters[C_invlpg]++;
+    if (self->invlpg_drops_spte) {
+        int32_t sp2 = self->roots[cpu * 4 + (vaddr >> 30)];
+        int32_t sp1 = sp2 < 0 ? -1 : self->sps[sp2].children[(vaddr >> 21) & 0x1FF];
+        if (sp1 >= 0) {
+            sp_t *sp = &self->sps[sp1];
+            int idx = (int)((vaddr >> 12) & 0x1FF);
+            u64 spte = sp->sptes ? sp->sptes[idx] : 0;
+            if (spte) {
+                sp->sptes[idx] = 0;
+                sp->nsptes--;
+                rmap_remove(self, spte >> 12, sp1, idx);
+                if (self->bypass)
+                    set_nonpresent(sp, idx, 0);
+            }
+        }
+    }
+}
+
+/* ShadowMachine._load_roots (mmu_free_roots + mmu_alloc_roots) */
+static void load_roots(Core *self, int cpu) {
+    int32_t *roots = &self->roots[cpu * 4];
+    for (int i = 0; i < 4; i++)
+        if (roots[i] >= 0)
+            self->sps[roots[i]].root_count--;
+    u64 cr3 = self->cr3[cpu];
+    int32_t fresh[4];
+    for (int i = 0; i < 4; i++) {
+        int32_t id = -1;
+        if (self->pae) {
+            u64 pdpte = mem_entry(&self->mem, (cr3 & 0xFFFFFFE0ULL) + 8 * (u64)i, 1);
+            if (pdpte & 1)
+                id = get_page(self, (pdpte & ADDR_MASK_PAE) >> 12, 2, 0, 0);
+        } else {
+            id = get_page(self, cr3 >> 12, 2, i, 0);
+        }
+        if (self->failed)
+            return;
+        if (id >= 0)
+            self->sps[id].root_count++;
+        fresh[i] = id;
+    }
+    memcpy(roots, fresh, sizeof(fresh));
+    self->reload[cpu] = 0;
+}
+
+static void set_cr3(Core *self, int cpu, u64 value) {
+    self->counters[C_exit_cr3]++;
+    self->counters[C_tlb_flush]++;
+    self->cr3[cpu] = value;
+    load_roots(self, cpu);
+    if (self->failed)
+        return;
+    if (self->sync_on_cr3 && self->unsync_pages.n)
+        sync_reachable(self, cpu);
+    pol_on_cr3(self, cpu);
+}
+
+/* ------------------------------------------------------------------ one operation */
+static PyObject *counters_tuple(Core *self);
+
+/* ShadowMachine.step */
+static void step(Core *self, int kind, int cpu, u64 addr, i64 arg, u64 value, int insn) {
+    u64 *c = self->counters;
+    if (self->batch[cpu] && emulate_extra(self, kind, cpu, addr, arg, value, insn))
+        return;
+    if (kind <= K_LOAD) {
+        int write = kind != K_LOAD;
+        if (kind == K_LOAD)
+            c[C_native_load]++;
+        else if (kind == K_STORE)
+            c[C_native_store]++;
+        else
+            c[C_native_locked_rmw]++;
+        int32_t sp2 = self->roots[cpu * 4 + (addr >> 30)];
+        if (sp2 >= 0) {
+            int i2 = (int)((addr >> 21) & 0x1FF);
+            int32_t sp1 = self->sps[sp2].children[i2];
+            if (sp1 >= 0) {
+                sp_t *sp = &self->sps[sp1];
+                int idx = (int)((addr >> 12) & 0x1FF);
+                u64 spte = sp->sptes ? sp->sptes[idx] : 0;
+                if (spte && (!write || (spte & SPTE_W))) {
+                    if (!(spte & SPTE_A))
+                        sp->sptes[idx] = spte | SPTE_A;
+                    if (write && apply_write(self, ((spte >> 12) << 12) | (addr & 0xFFF), kind,
+                                             arg, value) < 0)
+                        OOM(self);
+                    return;
+                }
+                if (!spte && self->bypass && notrap(self, sp, idx)) {
+                    c[C_pf_bypassed]++;
+                    return;
+                }
+            } else if (self->bypass && notrap(self, &self->sps[sp2], i2)) {
+                c[C_pf_bypassed]++;
+                return;
+            }
+        } else if (self->bypass && self->pae && !self->reload[cpu] &&
+                   !(mem_entry(&self->mem, (self->cr3[cpu] & 0xFFFFFFE0ULL) + 8 * (addr >> 30),
+                               1) & 1)) {
+            c[C_pf_bypassed]++;
+            return;
+        }
+        if (write)
+            write_fault(self, kind, cpu, addr, arg, value, insn, 0);
+        else
+            page_fault(self, cpu, addr, 0);
+        return;
+    }
+    count_native(self, kind, arg);
+    if (kind == K_INVLPG) {
+        invlpg(self, cpu, addr);
+    } else if (kind == K_CR3) {
+        set_cr3(self, cpu, addr);
+    } else if (kind == K_MARK) {
+        PyObject *snap = counters_tuple(self);
+        PyObject *mark = snap ? Py_BuildValue("(LN)", (long long)arg, snap) : NULL;
+        if (!mark || PyList_Append(self->marks, mark) < 0)
+            self->failed = 1;
+        Py_XDECREF(mark);
+    }
+}
+
+/* ------------------------------------------------------------------ Python type */
+static PyObject *counters_tuple(Core *self) {
+    PyObject *t = PyTuple_New(NCOUNTERS);
+    if (!t)
+        return NULL;
+    u64 exits = 0;
+    for (int i = C_exit_ptwrite_emulate; i <= C_exit_cr3; i++)
+        exits += self->counters[i];
+    for (int i = 0; i < NCOUNTERS; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(i == C_exits ? exits : self->counters[i]);
+        if (!v) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, i, v);
+    }
+    return t;
+}
+
+static void release_reads(Core *self) {
+    if (self->have_reads) {
+        for (int i = 0; i < 5; i++)
+            PyBuffer_Release(&self->rb[i]);
+        self->have_reads = 0;
+    }
+}
+
+static void Core_dealloc(Core *self) {
+    release_reads(self);
+    mem_free(&self->mem);
+    for (size_t i = 0; i < self->nsp; i++) {
+        free(self->sps[i].sptes);
+        free(self->sps[i].children);
+        free(self->sps[i].parents.v);
+    }
+    free(self->sps);
+    map_free(&self->pages);
+    vecmap_free(&self->by_gfn);
+    vecmap_free(&self->rmap);
+    free(self->unsync_pages.v);
+    free(self->cr3);
+    free(self->roots);
+    free(self->batch);
+    free(self->reload);
+    if (self->cs) {
+        for (int i = 0; i < self->cpus; i++)
+            free(self->cs[i].oos);
+        free(self->cs);
+    }
+    map_free(&self->ski_writes);
+    map_free(&self->ski_threshold);
+    vecmap_free(&self->ski_spec);
+    vecmap_free(&self->oracle_plan);
+    map_free(&self->oracle_next);
+    map_free(&self->oracle_count);
+    free(self->insn_btr);
+    free(self->pol.drawn);
+    Py_XDECREF(self->pol.draw);
+    Py_XDECREF(self->marks);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int get_int(PyObject *dict, const char *key, long long *out, int required) {
+    PyObject *v = PyDict_GetItemString(dict, key); /* borrowed */
+    if (!v) {
+        if (required) {
+            PyErr_Format(PyExc_KeyError, "native core: missing %s", key);
+            return -1;
+        }
+        return 0;
+    }
+    *out = PyLong_AsLongLong(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 1;
+}
+
+/* Core(tables: dict[int, array('I')], words: dict[int, int], pae: bool, cr3s: list[int],
+ *      config: dict[str, int], policy: dict[str, object], insn_btr: bytes) */
+static int Core_init(Core *self, PyObject *args, PyObject *kwds) {
+    PyObject *tables, *words, *cr3s, *config, *policy;
+    int pae;
+    Py_buffer insn;
+    if (!PyArg_ParseTuple(args, "O!O!pO!O!O!y*", &PyDict_Type, &tables, &PyDict_Type, &words,
+                          &pae, &PyList_Type, &cr3s, &PyDict_Type, &config, &PyDict_Type,
+                          &policy, &insn))
+        return -1;
+    if (self->marks) {
+        PyBuffer_Release(&insn);
+        PyErr_SetString(PyExc_TypeError, "native core: Core is initialised once");
+        return -1;
+    }
+    self->ninsn = insn.len;
+    self->insn_btr = malloc(insn.len ? insn.len : 1);
+    if (!self->insn_btr) {
+        PyBuffer_Release(&insn);
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(self->insn_btr, insn.buf, insn.len);
+    PyBuffer_Release(&insn);
+    self->pae = pae;
+    self->esize = pae ? 8 : 4;
+    self->marks = PyList_New(0);
+    if (!self->marks)
+        return -1;
+    /* guest memory */
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(tables, &pos, &key, &value)) {
+        u64 gfn = PyLong_AsUnsignedLongLong(key);
+        if (PyErr_Occurred())
+            return -1;
+        Py_buffer b;
+        if (PyObject_GetBuffer(value, &b, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+            return -1;
+        if (b.itemsize != 4 || b.len != 4096) {
+            PyBuffer_Release(&b);
+            PyErr_SetString(PyExc_ValueError, "native core: a table page is not 1024 u32 words");
+            return -1;
+        }
+        u32 *page = malloc(4096);
+        u64 *slot = page ? map_ref(&self->mem.tables, gfn) : NULL;
+        if (!slot) {
+            free(page);
+            PyBuffer_Release(&b);
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(page, b.buf, 4096);
+        PyBuffer_Release(&b);
+        *slot = (u64)(uintptr_t)page;
+    }
+    pos = 0;
+    while (PyDict_Next(words, &pos, &key, &value)) {
+        u64 w = PyLong_AsUnsignedLongLong(key);
+        u64 v = PyLong_AsUnsignedLongLong(value);
+        if (PyErr_Occurred())
+            return -1;
+        if (v > 0xFFFFFFFFULL) {
+            PyErr_SetString(PyExc_ValueError, "native core: a memory word over 32 bits");
+            return -1;
+        }
+        if (map_get(&self->mem.tables, w >> 10)) {
+            PyErr_SetString(PyExc_ValueError, "native core: a sparse word inside a table page");
+            return -1;
+        }
+        u64 *slot = map_ref(&self->mem.words, w);
+        if (!slot) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        *slot = v + 1;
+    }
+    /* vCPUs */
+    Py_ssize_t cpus = PyList_GET_SIZE(cr3s);
+    if (cpus < 1 || cpus > 4096) {
+        PyErr_SetString(PyExc_ValueError, "native core: 1 to 4096 vCPUs");
+        return -1;
+    }
+    self->cpus = (int)cpus;
+    self->cr3 = calloc(cpus, sizeof(u64));
+    self->roots = malloc(cpus * 4 * sizeof(int32_t));
+    self->batch = calloc(cpus, sizeof(i64));
+    self->reload = calloc(cpus, sizeof(int));
+    self->cs = calloc(cpus, sizeof(cpu_state_t));
+    if (!self->cr3 || !self->roots || !self->batch || !self->reload || !self->cs) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < cpus; i++) {
+        self->cr3[i] = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(cr3s, i));
+        if (PyErr_Occurred())
+            return -1;
+        for (int r = 0; r < 4; r++)
+            self->roots[i * 4 + r] = -1;
+    }
+    /* MMUConfig */
+    struct { const char *name; int *field; } flags[] = {
+        {"update_spte_on_write", &self->update_spte},
+        {"dirty_bit_pte_write", &self->dirty_bit_pte_write},
+        {"quadrant_filter", &self->quadrant_filter},
+        {"user_fault_unshadow", &self->user_fault_unshadow},
+        {"user_write_unshadow", &self->user_write_unshadow},
+        {"bypass_guest_pf", &self->bypass},
+        {"intercept_invlpg", &self->intercept_invlpg},
+        {"invlpg_drops_spte", &self->invlpg_drops_spte},
+        {"sync_on_cr3", &self->sync_on_cr3},
+        {"sync_zaps_empty", &self->sync_zaps_empty},
+    };
+    for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
+        long long v;
+        if (get_int(config, flags[i].name, &v, 1) < 0)
+            return -1;
+        *flags[i].field = v != 0;
+    }
+    /* the policy */
+    policy_t *p = &self->pol;
+    long long v;
+    struct { const char *name; int required; } known[] = {
+        {"base", 1}, {"accessed_clear", 0}, {"batch", 0}, {"batch_extra", 0},
+        {"batch_pae_only", 0}, {"v20", 0}, {"v27", 0}, {"threshold", 0}, {"include_leaf", 0},
+        {"keep_on_unaligned_zero", 0}, {"oos_limit", 0}, {"ski_threshold", 0},
+        {"oracle_native", 0},
+    };
+    long long vals[sizeof(known) / sizeof(known[0])];
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+        vals[i] = 0;
+        if (get_int(policy, known[i].name, &v, known[i].required) < 0)
+            return -1;
+        if (PyDict_GetItemString(policy, known[i].name))
+            vals[i] = v;
+    }
+    p->base = (int)vals[0];
+    p->accessed_clear = (int)vals[1];
+    p->batch = (int)vals[2];
+    p->batch_extra = (int)vals[3];
+    p->batch_pae_only = (int)vals[4];
+    p->v20 = (int)vals[5];
+    p->v27 = (int)vals[6];
+    p->threshold = vals[7];
+    p->include_leaf = (int)vals[8];
+    p->keep_on_unaligned_zero = (int)vals[9];
+    p->oos_limit = (int)vals[10];
+    p->ski_threshold = vals[11];
+    p->oracle_native = (int)vals[12];
+    if (p->base < B_EMULATE || p->base > B_ORACLE) {
+        PyErr_SetString(PyExc_ValueError, "native core: unknown policy base");
+        return -1;
+    }
+    if (p->base == B_XEN_OOS && p->oos_limit < 1) {
+        PyErr_SetString(PyExc_ValueError, "native core: xen-oos needs oos_limit >= 1");
+        return -1;
+    }
+    PyObject *draw = PyDict_GetItemString(policy, "draw");
+    if (draw && draw != Py_None) {
+        Py_INCREF(draw);
+        p->draw = draw;
+    }
+    for (int i = 0; i < self->cpus; i++) {
+        cpu_state_t *s = &self->cs[i];
+        s->last_pte = -1;
+        s->xen_last = -1;
+        if (p->base == B_XEN_OOS) {
+            s->oos = malloc(p->oos_limit * sizeof(i64));
+            if (!s->oos) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            for (int k = 0; k < p->oos_limit; k++)
+                s->oos[k] = -1;
+        }
+    }
+    self->ski_written_gfn = -1;
+    self->oracle_zap_gfn = -1;
+    PyObject *plan = PyDict_GetItemString(policy, "plan"); /* {gfn: [(writes, unshadow), ...]} */
+    if (plan && plan != Py_None) {
+        if (!PyDict_Check(plan)) {
+            PyErr_SetString(PyExc_TypeError, "native core: plan must be a dict");
+            return -1;
+        }
+        pos = 0;
+        while (PyDict_Next(plan, &pos, &key, &value)) {
+            u64 gfn = PyLong_AsUnsignedLongLong(key);
+            if (PyErr_Occurred())
+                return -1;
+            vec_t *vv = vecmap_ref(&self->oracle_plan, gfn);
+            if (!vv) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            Py_ssize_t n = PySequence_Length(value);
+            if (n < 0)
+                return -1;
+            for (Py_ssize_t i = 0; i < n; i++) {
+                PyObject *item = PySequence_GetItem(value, i);
+                long long writes = 0;
+                int unshadow = 0;
+                if (!item || !PyArg_ParseTuple(item, "Lp", &writes, &unshadow)) {
+                    Py_XDECREF(item);
+                    return -1;
+                }
+                Py_DECREF(item);
+                if (vec_push(vv, ((u64)writes << 1) | (u64)unshadow) < 0) {
+                    PyErr_NoMemory();
+                    return -1;
+                }
+            }
+        }
+    }
+    /* the vCPUs' roots (ShadowMachine.__init__) */
+    for (int cpu = 0; cpu < self->cpus; cpu++) {
+        load_roots(self, cpu);
+        if (self->failed) {
+            if (!PyErr_Occurred())
+                PyErr_NoMemory();
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int get_column(PyObject *obj, Py_buffer *b, Py_ssize_t itemsize, char code,
+                      const char *what) {
+    if (PyObject_GetBuffer(obj, b, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    if (b->itemsize != itemsize || !b->format || b->format[0] != code || b->format[1]) {
+        PyBuffer_Release(b);
+        PyErr_Format(PyExc_TypeError, "native core: column %s must be array('%c')", what, code);
+        return -1;
+    }
+    return 0;
+}
+
+/* feed_reads(ats, methods, gpas, args, values) or feed_reads(None): the next chunk of recorded
+ * reads (arrays of the types of bench.recording.READ_FIELDS), or none left */
+static PyObject *Core_feed_reads(Core *self, PyObject *args) {
+    release_reads(self);
+    self->rj = self->rn = 0;
+    if (PyTuple_GET_SIZE(args) == 1 && PyTuple_GET_ITEM(args, 0) == Py_None)
+        Py_RETURN_NONE;
+    PyObject *cols[5];
+    if (!PyArg_UnpackTuple(args, "feed_reads", 5, 5, &cols[0], &cols[1], &cols[2], &cols[3],
+                           &cols[4]))
+        return NULL;
+    static const char codes[5] = {'Q', 'B', 'Q', 'B', 'Q'};
+    static const Py_ssize_t sizes[5] = {8, 1, 8, 1, 8};
+    static const char *names[5] = {"at", "method", "gpa", "arg", "value"};
+    for (int i = 0; i < 5; i++) {
+        if (get_column(cols[i], &self->rb[i], sizes[i], codes[i], names[i]) < 0) {
+            for (int k = 0; k < i; k++)
+                PyBuffer_Release(&self->rb[k]);
+            return NULL;
+        }
+    }
+    self->have_reads = 1;
+    self->rn = self->rb[0].len / 8;
+    for (int i = 1; i < 5; i++) {
+        if (self->rb[i].len / sizes[i] != self->rn) {
+            release_reads(self);
+            PyErr_SetString(PyExc_ValueError, "native core: read columns of unequal length");
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* Repeat the reads recorded at the current point (bench.recording._ReadCursor.agrees):
+ * 0 all agree, 1 the chunk ran out (feed the next), 2 a read differs. */
+static int check_reads(Core *self) {
+    const u64 *ats = self->rb[0].buf, *gpas = self->rb[2].buf, *values = self->rb[4].buf;
+    const unsigned char *methods = self->rb[1].buf, *rargs = self->rb[3].buf;
+    while (self->have_reads) {
+        if (self->rj >= self->rn)
+            return 1;
+        if ((i64)ats[self->rj] != self->done)
+            return 0;
+        Py_ssize_t j = self->rj;
+        u64 got;
+        if (methods[j] == 0)
+            got = mem_word(&self->mem, gpas[j]);
+        else if (methods[j] == 1)
+            got = mem_entry(&self->mem, gpas[j], rargs[j] != 0);
+        else
+            got = mem_read(&self->mem, gpas[j], rargs[j]);
+        self->rj++;
+        if (got != values[j])
+            return 2;
+    }
+    return 0;
+}
+
+/* run_ops(kinds, cpus, addrs, args, values, insns) -> 0 chunk done, 1 feed the next reads chunk
+ * and call again with the same chunk, 2 a read differs (the replay is off) */
+static PyObject *Core_run_ops(Core *self, PyObject *args) {
+    PyObject *cols[6];
+    if (!PyArg_UnpackTuple(args, "run_ops", 6, 6, &cols[0], &cols[1], &cols[2], &cols[3],
+                           &cols[4], &cols[5]))
+        return NULL;
+    if (self->failed) {
+        PyErr_SetString(PyExc_RuntimeError, "native core: the run already failed");
+        return NULL;
+    }
+    static const char codes[6] = {'B', 'H', 'Q', 'q', 'Q', 'H'};
+    static const Py_ssize_t sizes[6] = {1, 2, 8, 8, 8, 2};
+    static const char *names[6] = {"kind", "cpu", "addr", "arg", "value", "insn"};
+    Py_buffer b[6];
+    for (int i = 0; i < 6; i++) {
+        if (get_column(cols[i], &b[i], sizes[i], codes[i], names[i]) < 0) {
+            for (int k = 0; k < i; k++)
+                PyBuffer_Release(&b[k]);
+            return NULL;
+        }
+    }
+    Py_ssize_t n = b[0].len;
+    int status = 0;
+    for (int i = 1; i < 6; i++)
+        if (b[i].len / sizes[i] != n)
+            status = -1;
+    if (status < 0) {
+        for (int i = 0; i < 6; i++)
+            PyBuffer_Release(&b[i]);
+        PyErr_SetString(PyExc_ValueError, "native core: op columns of unequal length");
+        return NULL;
+    }
+    const unsigned char *kinds = b[0].buf;
+    const uint16_t *cpus = b[1].buf, *insns = b[5].buf;
+    const u64 *addrs = b[2].buf, *values = b[4].buf;
+    const i64 *oargs = b[3].buf;
+    while (self->op_pos < n) {
+        Py_ssize_t i = self->op_pos;
+        status = check_reads(self);
+        if (status)
+            break;
+        if (cpus[i] >= self->cpus) {
+            self->failed = 1;
+            PyErr_Format(BenchError, "operation on cpu %d, but the guest has cpus 0..%d",
+                         (int)cpus[i], self->cpus - 1);
+            break;
+        }
+        step(self, kinds[i], cpus[i], addrs[i], oargs[i], values[i], insns[i]);
+        if (self->failed)
+            break;
+        self->done++;
+        self->op_pos++;
+    }
+    for (int i = 0; i < 6; i++)
+        PyBuffer_Release(&b[i]);
+    if (self->failed) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        return NULL;
+    }
+    if (status == 0)
+        self->op_pos = 0;
+    return PyLong_FromLong(status);
+}
+
+/* finish_reads() -> 0, 1 or 2: the reads after the last operation (as run_ops) */
+static PyObject *Core_finish_reads(Core *self, PyObject *unused) {
+    return PyLong_FromLong(check_reads(self));
+}
+
+static PyObject *Core_counters(Core *self, PyObject *unused) { return counters_tuple(self); }
+
+static PyObject *Core_marks(Core *self, PyObject *unused) {
+    Py_INCREF(self->marks);
+    return self->marks;
+}
+
+static PyObject *Core_done(Core *self, PyObject *unused) {
+    return PyLong_FromLongLong(self->done);
+}
+
+/* image() -> {word address: value} of every non-zero word (GuestMemory.image) */
+static PyObject *Core_image(Core *self, PyObject *unused) {
+    PyObject *out = PyDict_New();
+    if (!out)
+        return NULL;
+    map_t *words = &self->mem.words;
+    for (size_t i = 0; i < words->cap; i++) {
+        if (words->keys[i] && words->vals[i] > 1) {
+            PyObject *k = PyLong_FromUnsignedLongLong(words->keys[i] - 1);
+            PyObject *v = PyLong_FromUnsignedLongLong(words->vals[i] - 1);
+            if (!k || !v || PyDict_SetItem(out, k, v) < 0) {
+                Py_XDECREF(k);
+                Py_XDECREF(v);
+                Py_DECREF(out);
+                return NULL;
+            }
+            Py_DECREF(k);
+            Py_DECREF(v);
+        }
+    }
+    map_t *tables = &self->mem.tables;
+    for (size_t i = 0; i < tables->cap; i++) {
+        if (!tables->keys[i])
+            continue;
+        u64 base = (tables->keys[i] - 1) << 10;
+        const u32 *page = (const u32 *)(uintptr_t)tables->vals[i];
+        for (int j = 0; j < 1024; j++) {
+            if (!page[j])
+                continue;
+            PyObject *k = PyLong_FromUnsignedLongLong(base + j);
+            PyObject *v = PyLong_FromUnsignedLong(page[j]);
+            if (!k || !v || PyDict_SetItem(out, k, v) < 0) {
+                Py_XDECREF(k);
+                Py_XDECREF(v);
+                Py_DECREF(out);
+                return NULL;
+            }
+            Py_DECREF(k);
+            Py_DECREF(v);
+        }
+    }
+    return out;
+}
+
+static PyMethodDef Core_methods[] = {
+    {"feed_reads", (PyCFunction)Core_feed_reads, METH_VARARGS,
+     "feed_reads(ats, methods, gpas, args, values) or feed_reads(None)"},
+    {"run_ops", (PyCFunction)Core_run_ops, METH_VARARGS,
+     "run_ops(kinds, cpus, addrs, args, values, insns) -> 0 done, 1 feed reads, 2 read differs"},
+    {"finish_reads", (PyCFunction)Core_finish_reads, METH_NOARGS,
+     "check the reads after the last operation -> 0, 1 or 2"},
+    {"counters", (PyCFunction)Core_counters, METH_NOARGS,
+     "the counters, in ALL_COUNTERS order (exits derived)"},
+    {"marks", (PyCFunction)Core_marks, METH_NOARGS, "[(phase, counters tuple)] at each MARK"},
+    {"done", (PyCFunction)Core_done, METH_NOARGS, "operations executed"},
+    {"image", (PyCFunction)Core_image, METH_NOARGS, "guest memory's non-zero words"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "bench.core._core.Core",
+    .tp_doc = "The shadow MMU with a built-in policy, replaying a recorded guest run.",
+    .tp_basicsize = sizeof(Core),
+    .tp_itemsize = 0,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Core_init,
+    .tp_dealloc = (destructor)Core_dealloc,
+    .tp_methods = Core_methods,
+};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT, "bench.core._core",
+    "The native simulation core (bench/core/_core.c; the readable reference is bench.machine).",
+    -1, NULL, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__core(void) {
+    PyObject *errors = PyImport_ImportModule("bench.errors");
+    if (!errors)
+        return NULL;
+    BenchError = PyObject_GetAttrString(errors, "BenchError");
+    Py_DECREF(errors);
+    if (!BenchError)
+        return NULL;
+    if (PyType_Ready(&CoreType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&core_module);
+    if (!m)
+        return NULL;
+    PyObject *names = PyTuple_New(NCOUNTERS);
+    if (!names) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    for (int i = 0; i < NCOUNTERS; i++)
+        PyTuple_SET_ITEM(names, i, PyUnicode_FromString(counter_names[i]));
+    Py_INCREF(&CoreType);
+    if (PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0 ||
+        PyModule_AddObject(m, "COUNTERS", names) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -44,43 +44,44 @@ class OptionalBuildExt(build_ext):
     def run(self) -> None:
         if not self.extensions:
             return
-        native = [e for e in self.extensions if e.name == NATIVE]
-        mypyc = [e for e in self.extensions if e.name != NATIVE]
+        self.built: set[str] = set()
+        try:
+            super().run()  # build_extension below keeps one extension's failure from the others
+        except Exception as exc:  # no compiler at all, missing headers
+            _warn(f"the compiled core could not be built ({exc})")
         target = ROOT if self.inplace else Path(self.build_lib)
-        self.native_built = self.mypyc_built = False
-        if native:
-            self.extensions = native
-            try:
-                super().run()
-                self.native_built = True
-            except Exception as exc:  # no compiler, missing headers, a failed compile
+        if NATIVE in self.built:
+            manifest = target / "bench" / "core" / "_core.json"
+            manifest.parent.mkdir(parents=True, exist_ok=True)
+            digest = hashlib.sha256((ROOT / NATIVE_SOURCE).read_bytes()).hexdigest()
+            manifest.write_text(json.dumps({"source": digest}) + "\n")
+        if self._mypyc_built():
+            manifest = target / "bench" / CORE["MANIFEST"]
+            manifest.parent.mkdir(parents=True, exist_ok=True)
+            manifest.write_text(json.dumps(CORE["manifest"](ROOT), indent=1, sort_keys=True) + "\n")
+
+    def _mypyc_built(self) -> bool:
+        names = [e.name for e in self.extensions if e.name != NATIVE]
+        return bool(names) and all(n in getattr(self, "built", ()) for n in names)
+
+    def build_extension(self, ext) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # a failed compile: this extension only
+            if ext.name == NATIVE:
                 print(f"shadowbench: the native core could not be built ({exc}); the Python "
-                      "simulator will run instead", file=sys.stderr)
-            if self.native_built:
-                manifest = target / "bench" / "core" / "_core.json"
-                manifest.parent.mkdir(parents=True, exist_ok=True)
-                digest = hashlib.sha256((ROOT / NATIVE_SOURCE).read_bytes()).hexdigest()
-                manifest.write_text(json.dumps({"source": digest}) + "\n")
-        if mypyc:
-            self.extensions = mypyc
-            try:
-                super().run()
-                self.mypyc_built = True
-            except Exception as exc:
+                      "simulator will replay instead", file=sys.stderr)
+            else:
                 _warn(f"the compiled core could not be built ({exc})")
-            if self.mypyc_built:
-                manifest = target / "bench" / CORE["MANIFEST"]
-                manifest.parent.mkdir(parents=True, exist_ok=True)
-                manifest.write_text(
-                    json.dumps(CORE["manifest"](ROOT), indent=1, sort_keys=True) + "\n")
-        self.extensions = native + mypyc
+            return
+        self.built.add(ext.name)
 
     def get_outputs(self) -> list[str]:
         outputs = super().get_outputs()
         if not self.inplace:
-            if getattr(self, "native_built", False):
+            if NATIVE in getattr(self, "built", ()):
                 outputs.append(str(Path(self.build_lib) / "bench" / "core" / "_core.json"))
-            if getattr(self, "mypyc_built", False):
+            if self._mypyc_built():
                 outputs.append(str(Path(self.build_lib) / "bench" / CORE["MANIFEST"]))
         return outputs
 

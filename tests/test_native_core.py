@@ -9,6 +9,9 @@ agree on whether the recorded reads still hold:
 - every synthetic workload at its quick size (kscand, linear-scan, kmap under every kernel with
   and without PAE, fork-exit, demand-paging), three seeds each;
 - every shipped recording of a real guest (a prefix);
+- the shared native execution of a run (NativeMachine, the oracle's Recorder, the recording it
+  feeds) on the same workloads and random streams: identical counters, trace, memory,
+  recorded operations and reads;
 - random small guests and TLB-coherent random streams (tests/_policy_guests.py, as the
   conformance test uses), through hypothesis: one or two vCPUs, PAE or not, every width and
   alignment the streams make.
@@ -178,6 +181,63 @@ def test_random_streams_match_the_reference(spec, seed, pae, cpus, n):
     _compare(recording, trace, initial, rg.guest.mode, list(rg.cr3s), spec)
 
 
+def _executions(make_run, trace: bool):
+    """The shared native execution of a run (bench.cell.run_cells: executor, tee, recording) in
+    C and in Python: everything it leaves must be identical."""
+    out = []
+    for native in (True, False):
+        run = make_run()
+        recording = OpRecording()
+        mode = run.guest.mode
+        if native:
+            executor = core.native_execution(run.guest.mem, mode.pae, list(run.cr3s), trace)
+            assert executor is not None, core.state()
+        else:
+            executor = (oracle.Recorder if trace else NativeMachine)(run.guest.mem, mode,
+                                                                     list(run.cr3s))
+        executor.run(recording.tee(run.ops, run.guest.mem))
+        counters = executor.counters if native else executor.counters.as_dict()
+        strip = lambda d: {k: v for k, v in d.items() if k != "exits"}  # derived, always 0
+        out.append({
+            "trace": executor.finish() if trace else None,
+            "counters": strip(counters),
+            "marks": [(phase, strip(snap)) for phase, snap in executor.marks],
+            "memory": run.guest.mem.image(),
+            "ops": [list(map(list, c)) for c in recording.op_columns()] if recording.usable
+            else None,
+            "reads": [list(map(list, c)) for c in recording.read_columns()] if recording.usable
+            else None,
+            "insns": recording.insn_names(),
+            "count": recording.count,
+        })
+    native, python = out
+    for key in python:
+        assert native[key] == python[key], f"{key} differs"
+
+
+@pytest.mark.parametrize("workload,params", _workloads()[:6] + [
+    ("guest", {"recording": "mixed-686-pae", "events": 20000}),
+    ("guest", {"recording": "fork-exit-686", "events": 20000})],
+    ids=lambda v: v if isinstance(v, str) else
+    ",".join(f"{k}={x}" for k, x in v.items()) or "default")
+@pytest.mark.parametrize("trace", [True, False])
+def test_the_native_execution_and_recording_match_the_reference(workload, params, trace):
+    quick = {} if workload == "guest" else {"quick": True}
+    _executions(lambda: build_run(workload, {**params, **quick}, 1), trace)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), pae=st.booleans(), cpus=st.integers(1, 2),
+       n=st.integers(20, 200), trace=st.booleans())
+def test_the_native_execution_of_random_streams_matches_the_reference(seed, pae, cpus, n, trace):
+    def make_run():
+        rng = random.Random(seed)
+        rg = build_guest(rng, pae, cpus)
+        return GuestRun(rg.guest, list(rg.cr3s), iter(random_ops(rng, rg, n)))
+
+    _executions(make_run, trace)
+
+
 def test_a_differing_read_stops_the_native_replay_as_the_reference():
     """A recording whose reads no longer hold on the policy's memory (here: a word changed in
     the initial memory) is refused by both: the policy then generates its own stream."""
@@ -201,6 +261,7 @@ def test_run_cells_gives_the_same_records_natively_and_in_python(monkeypatch):
     specs = ["flood-count", "accessed-clear", "always-emulate", "unsync", "oracle"]
     native = list(run_cells(specs, "kscand", {"quick": True}, 1, record_oracle=True))
     monkeypatch.setattr(core, "replay", lambda *args: False)
+    monkeypatch.setattr(core, "native_execution", lambda *args: None)
     python = list(run_cells(specs, "kscand", {"quick": True}, 1, record_oracle=True))
     assert native == python
 

@@ -216,6 +216,44 @@ class NativeRun:
         return self.core.image()
 
 
+class NativeExecution:
+    """Native execution of a workload's stream on its own GuestMemory (the shared part of a
+    guest run, bench.cell.run_cells), in C: bench.machine.native.NativeMachine, and with
+    ``trace`` bench.oracle.Recorder, whose ``finish()`` this gives the same way."""
+
+    def __init__(self, executor: Any, trace: bool) -> None:
+        self.executor = executor
+        self.trace = trace
+
+    def run(self, ops: Any) -> None:
+        self.executor.run(ops)
+
+    def finish(self) -> Any:
+        from bench.oracle import Interval, Trace
+
+        creates, faults, violations, tables = self.executor.finish()
+        return Trace(creates, faults, violations,
+                     {gfn: [Interval(*iv) for iv in ivs] for gfn, ivs in tables.items()})
+
+    @property
+    def counters(self) -> dict[str, int]:
+        counts = dict(zip(ALL_COUNTERS, self.executor.counters()))
+        return counts
+
+    @property
+    def marks(self) -> list[tuple[int, dict[str, int]]]:
+        return [(phase, dict(zip(ALL_COUNTERS, snap))) for phase, snap in self.executor.marks()]
+
+
+def native_execution(mem: Any, pae: bool, cr3s: list[int], trace: bool) -> NativeExecution | None:
+    """The native executor on ``mem`` (a bench.machine.memory.GuestMemory, whose dictionaries
+    it reads and writes in place), or None without the native core."""
+    module = load()
+    if module is None:
+        return None
+    return NativeExecution(module.Native(mem.tables, mem.words, pae, list(cr3s), trace), trace)
+
+
 def replay(recording: Any, policy: Any, mem: Any, pae: bool, cr3s: list[int]
            ) -> NativeRun | None | bool:
     """Replay ``recording`` under ``policy`` on a copy of ``mem`` natively, repeating the

@@ -2344,6 +2344,643 @@ static PyTypeObject CoreType = {
     .tp_methods = Core_methods,
 };
 
+/* ================================================================== the native executor */
+/* bench.machine.native.NativeMachine and bench.oracle.Recorder, on the Python GuestMemory's own
+ * dictionaries (tables: gfn -> array('I'); words: word address -> int), because the workload
+ * reads and writes the same memory between operations (a recording's tee runs the generator).
+ * One operation at a time: step(kind, cpu, addr, arg, value). With ``trace`` the oracle's
+ * record is kept (Recorder's _walked/_written/_loaded_cr3) and finish() returns its parts. */
+
+typedef struct {
+    int burst, cold;
+    i64 writes, extra;
+    u64 seen[16], touched[16], cleared[16]; /* 1024 pte indexes */
+    PyObject *intervals; /* list of (writes, extra, rebuilt), or NULL: none yet */
+} rtable_t;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *mem_tables; /* the GuestMemory's dicts (borrowed semantics, held) */
+    PyObject *mem_words;
+    int pae, esize, cpus, trace_on;
+    u64 *cr3;
+    u64 counters[NCOUNTERS];
+    PyObject *marks;
+    /* the Recorder */
+    i64 creates, faults, violations;
+    map_t rtab_index; /* gfn -> index + 1 into rtabs */
+    rtable_t *rtabs;
+    size_t nrtabs, caprtabs;
+    PyObject *rtab_order; /* gfns in first-use order (Python list) */
+    map_t directories, roots, direct_pages, direct_frames; /* sets: value 1 */
+    int failed;
+} Native;
+
+/* the array('I') page of gfn in the GuestMemory, or NULL; *view must be released */
+static u32 *py_table(Native *self, u64 gfn, Py_buffer *view, int *err) {
+    PyObject *key = PyLong_FromUnsignedLongLong(gfn);
+    if (!key) {
+        *err = 1;
+        return NULL;
+    }
+    PyObject *page = PyDict_GetItemWithError(self->mem_tables, key); /* borrowed */
+    Py_DECREF(key);
+    if (!page) {
+        if (PyErr_Occurred())
+            *err = 1;
+        return NULL;
+    }
+    if (PyObject_GetBuffer(page, view, PyBUF_WRITABLE) < 0 || view->len != 4096) {
+        if (!PyErr_Occurred()) {
+            PyBuffer_Release(view);
+            PyErr_SetString(PyExc_ValueError, "native executor: a table page is not 1024 words");
+        }
+        *err = 1;
+        return NULL;
+    }
+    return view->buf;
+}
+
+/* GuestMemory._word */
+static u32 py_word(Native *self, u64 gpa) {
+    Py_buffer view;
+    int err = 0;
+    u32 *page = py_table(self, gpa >> 12, &view, &err);
+    if (err) {
+        self->failed = 1;
+        return 0;
+    }
+    if (page) {
+        u32 v = page[(gpa & 0xFFF) >> 2];
+        PyBuffer_Release(&view);
+        return v;
+    }
+    PyObject *key = PyLong_FromUnsignedLongLong(gpa >> 2);
+    if (!key) {
+        self->failed = 1;
+        return 0;
+    }
+    PyObject *v = PyDict_GetItemWithError(self->mem_words, key);
+    Py_DECREF(key);
+    if (!v) {
+        if (PyErr_Occurred())
+            self->failed = 1;
+        return 0;
+    }
+    unsigned long long x = PyLong_AsUnsignedLongLong(v);
+    if (PyErr_Occurred())
+        self->failed = 1;
+    return (u32)x;
+}
+
+/* GuestMemory.write32 */
+static void py_write32(Native *self, u64 gpa, u32 value) {
+    Py_buffer view;
+    int err = 0;
+    u32 *page = py_table(self, gpa >> 12, &view, &err);
+    if (err) {
+        self->failed = 1;
+        return;
+    }
+    if (page) {
+        page[(gpa & 0xFFF) >> 2] = value;
+        PyBuffer_Release(&view);
+        return;
+    }
+    PyObject *key = PyLong_FromUnsignedLongLong(gpa >> 2);
+    if (!key) {
+        self->failed = 1;
+        return;
+    }
+    if (value) {
+        PyObject *v = PyLong_FromUnsignedLong(value);
+        if (!v || PyDict_SetItem(self->mem_words, key, v) < 0)
+            self->failed = 1;
+        Py_XDECREF(v);
+    } else if (PyDict_DelItem(self->mem_words, key) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_KeyError))
+            PyErr_Clear();
+        else
+            self->failed = 1;
+    }
+    Py_DECREF(key);
+}
+
+static u64 py_entry(Native *self, u64 gpa, int pae) {
+    if (pae)
+        return (u64)py_word(self, gpa) | ((u64)py_word(self, gpa + 4) << 32);
+    return py_word(self, gpa);
+}
+
+/* paging.walk on the Python memory (set_bits) */
+static int py_walk(Native *self, u64 cr3, u64 vaddr, int write, int user, walk_t *w) {
+    int pae = self->pae;
+    u64 pde_gpa;
+    if (pae) {
+        u64 pdpte = py_entry(self, (cr3 & 0xFFFFFFE0ULL) + ((vaddr >> 30) << 3), 1);
+        if (!(pdpte & P_BIT))
+            return 0;
+        pde_gpa = (pdpte & ADDR_MASK_PAE) + (((vaddr >> 21) & 0x1FF) << 3);
+    } else {
+        pde_gpa = (cr3 & ADDR_MASK_32) + ((vaddr >> 22) << 2);
+    }
+    u64 pde = py_entry(self, pde_gpa, pae);
+    if (!(pde & P_BIT) || (user && !(pde & US_BIT)))
+        return 0;
+    u64 mask = pae ? ADDR_MASK_PAE : ADDR_MASK_32;
+    if (pde & PS_BIT) {
+        if (write && !(pde & RW_BIT))
+            return 0;
+        int dirtied = write && !(pde & D_BIT);
+        u64 want = pde | A_BIT | (write ? D_BIT : 0);
+        if (want != pde) {
+            py_write32(self, pde_gpa, (u32)want);
+            pde = want;
+        }
+        u64 span = (1ULL << ((pae ? 21 : 22) - 12)) - 1;
+        w->gfn = (((pde & mask) >> 12) & ~span) + ((vaddr >> 12) & span);
+        w->pt_gfn = -1;
+        w->pd_gfn = pde_gpa >> 12;
+        w->leaf_gpa = pde_gpa;
+        w->leaf = pde;
+        w->writable = (pde & RW_BIT) != 0;
+        w->user = (pde & US_BIT) != 0;
+        w->dirty = (pde & D_BIT) != 0;
+        w->dirtied = dirtied;
+        return 1;
+    }
+    u64 pte_gpa = (pde & mask) + (((vaddr >> 12) & (pae ? 511 : 1023)) * (pae ? 8 : 4));
+    u64 pte = py_entry(self, pte_gpa, pae);
+    if (!(pte & P_BIT) || (user && !(pte & US_BIT)))
+        return 0;
+    int writable = (pde & RW_BIT) && (pte & RW_BIT);
+    if (write && !writable)
+        return 0;
+    int dirtied = write && !(pte & D_BIT);
+    if (!(pde & A_BIT))
+        py_write32(self, pde_gpa, (u32)(pde | A_BIT));
+    u64 want = pte | A_BIT | (write ? D_BIT : 0);
+    if (want != pte) {
+        py_write32(self, pte_gpa, (u32)want);
+        pte = want;
+    }
+    w->gfn = (pte & mask) >> 12;
+    w->pt_gfn = (i64)((pde & mask) >> 12);
+    w->pd_gfn = pde_gpa >> 12;
+    w->leaf_gpa = pte_gpa;
+    w->leaf = pte;
+    w->writable = writable;
+    w->user = (pde & US_BIT) && (pte & US_BIT);
+    w->dirty = (pte & D_BIT) != 0;
+    w->dirtied = dirtied;
+    return 1;
+}
+
+/* native.apply_write on the Python memory (GuestMemory.write for other widths) */
+static void py_apply_write(Native *self, u64 gpa, int kind, i64 width, u64 value) {
+    if (kind == K_STORE) {
+        if (width == 4 && !(gpa & 3)) {
+            py_write32(self, gpa, (u32)value);
+            return;
+        }
+        for (i64 i = 0; i < width && !self->failed; i++) {
+            u64 a = gpa + i, word = a & ~3ULL;
+            int shift = 8 * (a & 3);
+            u32 old = py_word(self, word);
+            u32 byte = (u32)((value >> (8 * i)) & 0xFF);
+            py_write32(self, word, (old & ~(0xFFu << shift)) | (byte << shift));
+        }
+        return;
+    }
+    u64 word = gpa & ~3ULL;
+    u32 old = py_word(self, word);
+    u32 bit = 1u << (width & 31);
+    py_write32(self, word, kind == K_BTR ? (old & ~bit) : (old | bit));
+}
+
+static inline int set_has(const map_t *m, u64 key) { return map_get(m, key) != 0; }
+
+static int set_add(Native *self, map_t *m, u64 key) {
+    u64 *slot = map_ref(m, key);
+    if (!slot) {
+        self->failed = 1;
+        PyErr_NoMemory();
+        return -1;
+    }
+    *slot = 1;
+    return 0;
+}
+
+static int py_has_table(Native *self, u64 gfn) {
+    PyObject *key = PyLong_FromUnsignedLongLong(gfn);
+    if (!key) {
+        self->failed = 1;
+        return 0;
+    }
+    int r = PyDict_Contains(self->mem_tables, key);
+    Py_DECREF(key);
+    if (r < 0) {
+        self->failed = 1;
+        return 0;
+    }
+    return r;
+}
+
+static rtable_t *rtable_get(Native *self, u64 gfn) {
+    u64 i = map_get(&self->rtab_index, gfn);
+    return i ? &self->rtabs[i - 1] : NULL;
+}
+
+/* Recorder._protectable */
+static int protectable(Native *self, u64 gfn) {
+    return py_has_table(self, gfn) || rtable_get(self, gfn) || set_has(&self->directories, gfn);
+}
+
+/* append Interval(writes, extra, rebuilt) to the table's list */
+static void rtable_interval(Native *self, u64 gfn, rtable_t *t, i64 writes, i64 extra,
+                            int rebuilt) {
+    if (!t->intervals) {
+        t->intervals = PyList_New(0);
+        if (!t->intervals) {
+            self->failed = 1;
+            return;
+        }
+    }
+    PyObject *iv = Py_BuildValue("(LLO)", (long long)writes, (long long)extra,
+                                 rebuilt ? Py_True : Py_False);
+    if (!iv || PyList_Append(t->intervals, iv) < 0)
+        self->failed = 1;
+    Py_XDECREF(iv);
+}
+
+/* Recorder._note_roots */
+static void note_roots(Native *self, u64 cr3) {
+    u64 keys[4];
+    int n = 0;
+    if (self->pae) {
+        for (int i = 0; i < 4; i++) {
+            u64 pdpte = py_entry(self, (cr3 & 0xFFFFFFE0ULL) + 8 * (u64)i, 1);
+            if (pdpte & 1)
+                keys[n++] = ((pdpte & ADDR_MASK_PAE) >> 12) << 2;
+        }
+    } else {
+        for (int q = 0; q < 4; q++)
+            keys[n++] = ((cr3 >> 12) << 2) | (u64)q;
+    }
+    for (int i = 0; i < n && !self->failed; i++) {
+        u64 gfn = keys[i] >> 2;
+        set_add(self, &self->directories, gfn);
+        if (rtable_get(self, gfn))
+            self->violations++;
+        if (!set_has(&self->roots, keys[i])) {
+            set_add(self, &self->roots, keys[i]);
+            self->creates++;
+        }
+    }
+}
+
+/* Recorder._walked */
+static void walked(Native *self, const walk_t *w, int write, int user) {
+    if (rtable_get(self, w->pd_gfn))
+        self->violations++;
+    if (set_add(self, &self->directories, w->pd_gfn) < 0)
+        return;
+    rtable_t *t = NULL;
+    if (w->pt_gfn >= 0) {
+        u64 gfn = (u64)w->pt_gfn;
+        t = rtable_get(self, gfn);
+        if (!t) {
+            if (set_has(&self->directories, gfn))
+                self->violations++;
+            if (self->nrtabs == self->caprtabs) {
+                size_t cap = self->caprtabs ? self->caprtabs * 2 : 256;
+                rtable_t *r = realloc(self->rtabs, cap * sizeof(rtable_t));
+                if (!r) {
+                    self->failed = 1;
+                    PyErr_NoMemory();
+                    return;
+                }
+                self->rtabs = r;
+                self->caprtabs = cap;
+            }
+            t = &self->rtabs[self->nrtabs];
+            memset(t, 0, sizeof(*t));
+            t->burst = t->cold = 1;
+            u64 *slot = map_ref(&self->rtab_index, gfn);
+            PyObject *g = PyLong_FromUnsignedLongLong(gfn);
+            if (!slot || !g || PyList_Append(self->rtab_order, g) < 0) {
+                Py_XDECREF(g);
+                self->failed = 1;
+                if (!PyErr_Occurred())
+                    PyErr_NoMemory();
+                return;
+            }
+            Py_DECREF(g);
+            *slot = ++self->nrtabs;
+            self->creates++;
+        }
+    }
+    int prot = protectable(self, w->gfn);
+    if (user && prot)
+        self->violations++;
+    int eligible = !(write && prot);
+    if (!t) {
+        u64 region = w->gfn >> 9;
+        if (!set_has(&self->direct_pages, region)) {
+            set_add(self, &self->direct_pages, region);
+            self->creates++;
+        }
+        if (!set_has(&self->direct_frames, w->gfn)) {
+            set_add(self, &self->direct_frames, w->gfn);
+            if (eligible)
+                self->faults++;
+        }
+        return;
+    }
+    if (!t->burst) {
+        t->burst = 1;
+        t->cold = 0;
+        memset(t->seen, 0, sizeof(t->seen));
+        t->extra = 0;
+    }
+    int index = (int)((w->leaf_gpa & 0xFFF) / (u64)self->esize);
+    if (!bit_get(t->seen, index)) {
+        bit_set(t->seen, index);
+        if (eligible) {
+            if (t->cold || bit_get(t->cleared, index) || !bit_get(t->touched, index))
+                self->faults++;
+            else
+                t->extra++;
+        }
+        bit_set(t->touched, index);
+        bit_clear(t->cleared, index);
+    }
+}
+
+/* Recorder._written */
+static void written(Native *self, u64 gpa) {
+    u64 gfn = gpa >> 12;
+    rtable_t *t = rtable_get(self, gfn);
+    if (!t)
+        return;
+    if (t->burst) {
+        if (!t->cold)
+            rtable_interval(self, gfn, t, t->writes, t->extra, 1);
+        t->burst = 0;
+        t->writes = 0;
+    }
+    t->writes++;
+    u64 gpte = py_entry(self, gpa & ~(u64)(self->esize - 1), self->pae);
+    int index = (int)((gpa & 0xFFF) / (u64)self->esize);
+    bit_set(t->touched, index);
+    if ((gpte & 0x21) != 0x21)
+        bit_set(t->cleared, index);
+    else
+        bit_clear(t->cleared, index);
+}
+
+static PyObject *native_counters_tuple(Native *self) {
+    PyObject *t = PyTuple_New(NCOUNTERS);
+    if (!t)
+        return NULL;
+    for (int i = 0; i < NCOUNTERS; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(self->counters[i]);
+        if (!v) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, i, v);
+    }
+    return t;
+}
+
+/* NativeMachine.step */
+static void native_step(Native *self, int kind, int cpu, u64 addr, i64 arg, u64 value) {
+    u64 *c = self->counters;
+    switch (kind) {
+    case K_LOAD: c[C_native_load]++; break;
+    case K_STORE: c[C_native_store]++; break;
+    case K_BTR: case K_BTS: c[C_native_locked_rmw]++; break;
+    case K_INVLPG: c[C_native_invlpg]++; break;
+    case K_CR3: c[C_native_cr3]++; break;
+    case K_COMPUTE: c[C_native_compute_cycles] += (u64)arg; break;
+    }
+    if (kind <= K_LOAD) {
+        int write = kind != K_LOAD;
+        int user = addr < PAGE_OFFSET;
+        walk_t w;
+        int ok = py_walk(self, self->cr3[cpu], addr, write, user, &w);
+        if (self->failed)
+            return;
+        if (!ok) {
+            c[C_native_page_fault]++;
+            return;
+        }
+        if (self->trace_on)
+            walked(self, &w, write, user);
+        if (write) {
+            u64 gpa = (w.gfn << 12) | (addr & 0xFFF);
+            py_apply_write(self, gpa, kind, arg, value);
+            if (self->trace_on && !self->failed)
+                written(self, gpa);
+        }
+    } else if (kind == K_CR3) {
+        self->cr3[cpu] = addr;
+        if (self->trace_on)
+            note_roots(self, addr);
+    } else if (kind == K_MARK) {
+        PyObject *snap = native_counters_tuple(self);
+        PyObject *mark = snap ? Py_BuildValue("(LN)", (long long)arg, snap) : NULL;
+        if (!mark || PyList_Append(self->marks, mark) < 0)
+            self->failed = 1;
+        Py_XDECREF(mark);
+    }
+}
+
+/* Native(mem_tables, mem_words, pae, cr3s, trace) */
+static int Native_init(Native *self, PyObject *args, PyObject *kwds) {
+    PyObject *tables, *words, *cr3s;
+    int pae, trace_on;
+    if (!PyArg_ParseTuple(args, "O!O!pO!p", &PyDict_Type, &tables, &PyDict_Type, &words, &pae,
+                          &PyList_Type, &cr3s, &trace_on))
+        return -1;
+    if (self->marks) {
+        PyErr_SetString(PyExc_TypeError, "native executor: initialised once");
+        return -1;
+    }
+    Py_INCREF(tables);
+    self->mem_tables = tables;
+    Py_INCREF(words);
+    self->mem_words = words;
+    self->pae = pae;
+    self->esize = pae ? 8 : 4;
+    self->trace_on = trace_on;
+    self->marks = PyList_New(0);
+    self->rtab_order = PyList_New(0);
+    if (!self->marks || !self->rtab_order)
+        return -1;
+    Py_ssize_t cpus = PyList_GET_SIZE(cr3s);
+    if (cpus < 1 || cpus > 4096) {
+        PyErr_SetString(PyExc_ValueError, "native executor: 1 to 4096 vCPUs");
+        return -1;
+    }
+    self->cpus = (int)cpus;
+    self->cr3 = calloc(cpus, sizeof(u64));
+    if (!self->cr3) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < cpus; i++) {
+        self->cr3[i] = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(cr3s, i));
+        if (PyErr_Occurred())
+            return -1;
+    }
+    if (trace_on)
+        for (Py_ssize_t i = 0; i < cpus && !self->failed; i++)
+            note_roots(self, self->cr3[i]);
+    if (self->failed) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* run(ops) -> None: every operation of the iterable, as NativeMachine.run */
+static PyObject *Native_run(Native *self, PyObject *iterable) {
+    PyObject *it = PyObject_GetIter(iterable);
+    if (!it)
+        return NULL;
+    PyObject *op;
+    while ((op = PyIter_Next(it))) {
+        PyObject *items[5];
+        int bad = 0;
+        if (PyTuple_Check(op) && PyTuple_GET_SIZE(op) >= 5) {
+            for (int i = 0; i < 5; i++)
+                items[i] = PyTuple_GET_ITEM(op, i);
+        } else {
+            bad = 1;
+        }
+        long long kind = 0, cpu = 0, arg = 0;
+        unsigned long long addr = 0, value = 0;
+        if (!bad) {
+            kind = PyLong_AsLongLong(items[0]);
+            cpu = PyLong_AsLongLong(items[1]);
+            addr = PyLong_AsUnsignedLongLong(items[2]);
+            arg = PyLong_AsLongLong(items[3]);
+            value = PyLong_AsUnsignedLongLong(items[4]);
+            if (PyErr_Occurred())
+                bad = 1;
+        }
+        Py_DECREF(op);
+        if (bad || kind < 0 || kind > K_MARK || cpu < 0 || cpu >= self->cpus) {
+            /* not an operation this executor knows: the Python executor's error, there */
+            Py_DECREF(it);
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "native executor: operation kind %lld on cpu "
+                             "%lld (cpus 0..%d)", kind, cpu, self->cpus - 1);
+            return NULL;
+        }
+        native_step(self, (int)kind, (int)cpu, addr, arg, value);
+        if (self->failed) {
+            Py_DECREF(it);
+            if (!PyErr_Occurred())
+                PyErr_NoMemory();
+            return NULL;
+        }
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* finish() -> (creates, faults, violations, {gfn: [(writes, extra, rebuilt), ...]}): the
+ * Recorder's finish (closes the open bursts and intervals) */
+static PyObject *Native_finish(Native *self, PyObject *unused) {
+    PyObject *tables = PyDict_New();
+    if (!tables)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(self->rtab_order);
+    /* the first interval of each table decides its place, as trace.tables.setdefault does:
+     * tables that got intervals during the run come first, in the order of their first one;
+     * here every table's list is complete, so order them by first use (dict order is not
+     * part of the trace's meaning: bench.oracle sorts what it publishes) */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *g = PyList_GET_ITEM(self->rtab_order, i);
+        u64 gfn = PyLong_AsUnsignedLongLong(g);
+        rtable_t *t = rtable_get(self, gfn);
+        if (t->burst) {
+            if (!t->cold)
+                rtable_interval(self, gfn, t, t->writes, t->extra, 1);
+        } else {
+            rtable_interval(self, gfn, t, t->writes, 0, 0);
+        }
+        t->burst = t->cold = 1;
+        if (self->failed) {
+            Py_DECREF(tables);
+            return NULL;
+        }
+        if (t->intervals) {
+            if (PyDict_SetItem(tables, g, t->intervals) < 0) {
+                Py_DECREF(tables);
+                return NULL;
+            }
+            Py_CLEAR(t->intervals);
+        }
+    }
+    return Py_BuildValue("(LLLN)", (long long)self->creates, (long long)self->faults,
+                         (long long)self->violations, tables);
+}
+
+static PyObject *Native_counters(Native *self, PyObject *unused) {
+    return native_counters_tuple(self);
+}
+
+static PyObject *Native_marks(Native *self, PyObject *unused) {
+    Py_INCREF(self->marks);
+    return self->marks;
+}
+
+static void Native_dealloc(Native *self) {
+    Py_XDECREF(self->mem_tables);
+    Py_XDECREF(self->mem_words);
+    Py_XDECREF(self->marks);
+    Py_XDECREF(self->rtab_order);
+    free(self->cr3);
+    for (size_t i = 0; i < self->nrtabs; i++)
+        Py_XDECREF(self->rtabs[i].intervals);
+    free(self->rtabs);
+    map_free(&self->rtab_index);
+    map_free(&self->directories);
+    map_free(&self->roots);
+    map_free(&self->direct_pages);
+    map_free(&self->direct_frames);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Native_methods[] = {
+    {"run", (PyCFunction)Native_run, METH_O, "run(ops): execute every operation natively"},
+    {"finish", (PyCFunction)Native_finish, METH_NOARGS,
+     "(creates, faults, violations, tables): the oracle's record (with trace)"},
+    {"counters", (PyCFunction)Native_counters, METH_NOARGS, "the counters (ALL_COUNTERS order)"},
+    {"marks", (PyCFunction)Native_marks, METH_NOARGS, "[(phase, counters tuple)]"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject NativeType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "bench.core._core.Native",
+    .tp_doc = "Native execution on a GuestMemory, with the oracle's recorder.",
+    .tp_basicsize = sizeof(Native),
+    .tp_itemsize = 0,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Native_init,
+    .tp_dealloc = (destructor)Native_dealloc,
+    .tp_methods = Native_methods,
+};
+
 static struct PyModuleDef core_module = {
     PyModuleDef_HEAD_INIT, "bench.core._core",
     "The native simulation core (bench/core/_core.c; the readable reference is bench.machine).",
@@ -2358,7 +2995,7 @@ PyMODINIT_FUNC PyInit__core(void) {
     Py_DECREF(errors);
     if (!BenchError)
         return NULL;
-    if (PyType_Ready(&CoreType) < 0)
+    if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&NativeType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&core_module);
     if (!m)
@@ -2371,7 +3008,9 @@ PyMODINIT_FUNC PyInit__core(void) {
     for (int i = 0; i < NCOUNTERS; i++)
         PyTuple_SET_ITEM(names, i, PyUnicode_FromString(counter_names[i]));
     Py_INCREF(&CoreType);
+    Py_INCREF(&NativeType);
     if (PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0 ||
+        PyModule_AddObject(m, "Native", (PyObject *)&NativeType) < 0 ||
         PyModule_AddObject(m, "COUNTERS", names) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -121,11 +121,14 @@ def run_cells(policy_specs: Sequence[PolicySpec], workload: str, params: dict[st
     run = build_run(workload, params, seed)
     mode, cr3s = run.guest.mode, list(run.cr3s)
     initial = run.guest.mem.copy()
-    native = core.native_execution(run.guest.mem, mode.pae, cr3s, need_trace) or \
-        (oracle.Recorder if need_trace else NativeMachine)(run.guest.mem, mode, cr3s)
+    fast = core.native_execution(run.guest.mem, mode.pae, cr3s, need_trace)
+    native = fast or (oracle.Recorder if need_trace else NativeMachine)(run.guest.mem, mode, cr3s)
     with OpRecording() as recording:
         try:
-            native.run(recording.tee(run.ops, run.guest.mem))
+            if fast is not None:
+                fast.run_recorded(recording, run.ops, run.guest.mem)
+            else:
+                native.run(recording.tee(run.ops, run.guest.mem))
             trace = native.finish() if need_trace else None
         except Exception as err:
             err.add_note(NATIVE_RUN_NOTE)

@@ -104,6 +104,10 @@ class _Columns:
             arrays = tuple(array(code, column) for code, column in zip(self.codes, columns))
         except (OverflowError, TypeError) as exc:
             raise _Unpackable from exc
+        self.add(arrays, n)
+
+    def add(self, arrays: tuple[array, ...], n: int) -> None:
+        """Append ``n`` rows already packed into one array per column."""
         size = sum(a.itemsize * len(a) for a in arrays)
         owner = self.owner
         if owner.held + size <= owner.budget:
@@ -182,6 +186,35 @@ class OpRecording:
         self._pack(buf, reads)
         if log.wrote:
             self._drop()
+
+    def tee_native(self, executor: Any, ops: Iterable[tuple], mem: GuestMemory) -> None:
+        """What ``tee`` feeding ``executor`` does, in one call: ``executor`` is the native
+        core's executor (bench.core.NativeExecution.executor), which pulls each operation with
+        the ReadLog attached, executes it and hands this recording the packed columns of each
+        chunk (``_pack_columns``); the recording is complete when it returns."""
+        log = ReadLog()
+        executor.run_tee(iter(ops), mem, log, self._insn_ids, self._insns, self._pack_columns,
+                         CHUNK)
+        if log.wrote:
+            self._drop()
+
+    def _pack_columns(self, columns: tuple[array, ...] | None, n: int,
+                      reads: list[tuple]) -> None:
+        """A chunk from the native executor: ``n`` operations already packed (None: one could
+        not be), and the reads made while generating them (cleared here, as ``tee`` does)."""
+        self.count += n
+        if self.usable:
+            if columns is None:
+                self._drop()
+            else:
+                try:
+                    if n:
+                        self._ops.add(columns, n)
+                    if reads:
+                        self._reads.pack(zip(*reads), len(reads))
+                except (_Unpackable, ValueError):
+                    self._drop()
+        reads.clear()
 
     def _pack(self, ops: list[tuple], reads: list[tuple]) -> None:
         self.count += len(ops)

@@ -195,7 +195,10 @@ def _executions(make_run, trace: bool):
         else:
             executor = (oracle.Recorder if trace else NativeMachine)(run.guest.mem, mode,
                                                                      list(run.cr3s))
-        executor.run(recording.tee(run.ops, run.guest.mem))
+        if native:
+            executor.run_recorded(recording, run.ops, run.guest.mem)
+        else:
+            executor.run(recording.tee(run.ops, run.guest.mem))
         counters = executor.counters if native else executor.counters.as_dict()
         strip = lambda d: {k: v for k, v in d.items() if k != "exits"}  # derived, always 0
         out.append({
@@ -203,11 +206,11 @@ def _executions(make_run, trace: bool):
             "counters": strip(counters),
             "marks": [(phase, strip(snap)) for phase, snap in executor.marks],
             "memory": run.guest.mem.image(),
-            "ops": [list(map(list, c)) for c in recording.op_columns()] if recording.usable
-            else None,
+            # (instruction ids are the recording's own: compare the operations they name)
+            "ops": list(recording.replay()) if recording.usable else None,
             "reads": [list(map(list, c)) for c in recording.read_columns()] if recording.usable
             else None,
-            "insns": recording.insn_names(),
+            "usable": recording.usable,
             "count": recording.count,
         })
     native, python = out

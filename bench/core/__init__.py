@@ -228,6 +228,11 @@ class NativeExecution:
     def run(self, ops: Any) -> None:
         self.executor.run(ops)
 
+    def run_recorded(self, recording: Any, ops: Any, mem: Any) -> None:
+        """Execute ``ops`` while ``recording`` (a bench.recording.OpRecording) records them and
+        the reads ``mem`` logs between them: ``run(recording.tee(ops, mem))`` in one C loop."""
+        recording.tee_native(self.executor, ops, mem)
+
     def finish(self) -> Any:
         from bench.oracle import Interval, Trace
 

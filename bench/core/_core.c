@@ -2895,6 +2895,176 @@ static PyObject *Native_run(Native *self, PyObject *iterable) {
     Py_RETURN_NONE;
 }
 
+/* the next chunk's op columns as a tuple of array objects (bench.recording.OP_FIELDS) */
+static PyObject *op_arrays(PyObject *array_type, void *const cols[6], Py_ssize_t n) {
+    static const char *codes[6] = {"B", "H", "Q", "q", "Q", "H"};
+    static const Py_ssize_t sizes[6] = {1, 2, 8, 8, 8, 2};
+    PyObject *out = PyTuple_New(6);
+    if (!out)
+        return NULL;
+    for (int i = 0; i < 6; i++) {
+        PyObject *raw = PyBytes_FromStringAndSize(cols[i], n * sizes[i]);
+        PyObject *a = raw ? PyObject_CallFunction(array_type, "sO", codes[i], raw) : NULL;
+        Py_XDECREF(raw);
+        if (!a) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, i, a);
+    }
+    return out;
+}
+
+/* run_tee(source, mem, log, insn_ids, insn_names, sink, chunk): execute the operations of the
+ * iterator ``source`` while recording them, as bench.recording.OpRecording.tee feeding this
+ * executor: while the workload generates an operation, ``mem.log`` is ``log`` (its ``at`` the
+ * operations executed before); each chunk of ``chunk`` operations (and the last, possibly empty)
+ * goes to ``sink(columns, n, log.reads)`` as packed columns, or None when an operation cannot be
+ * packed (the recording is then dropped). Instruction names get ids in ``insn_ids``/``names``. */
+static PyObject *Native_run_tee(Native *self, PyObject *args) {
+    PyObject *source, *mem, *log, *ids, *names, *sink;
+    Py_ssize_t chunk;
+    if (!PyArg_ParseTuple(args, "OOOO!O!On", &source, &mem, &log, &PyDict_Type, &ids,
+                          &PyList_Type, &names, &sink, &chunk))
+        return NULL;
+    if (chunk < 1 || chunk > (1 << 24)) {
+        PyErr_SetString(PyExc_ValueError, "native executor: bad chunk");
+        return NULL;
+    }
+    PyObject *array_mod = PyImport_ImportModule("array");
+    PyObject *array_type = array_mod ? PyObject_GetAttrString(array_mod, "array") : NULL;
+    Py_XDECREF(array_mod);
+    PyObject *reads = log ? PyObject_GetAttrString(log, "reads") : NULL;
+    PyObject *it = PyObject_GetIter(source);
+    unsigned char *kinds = malloc(chunk);
+    uint16_t *cpus = malloc(chunk * 2), *insns = malloc(chunk * 2);
+    u64 *addrs = malloc(chunk * 8), *values = malloc(chunk * 8);
+    i64 *oargs = malloc(chunk * 8);
+    void *const cols[6] = {kinds, cpus, addrs, oargs, values, insns};
+    PyObject *result = NULL;
+    if (!array_type || !reads || !it || !kinds || !cpus || !insns || !addrs || !values ||
+        !oargs) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t n = 0;
+    long long count = 0;
+    int packable = 1;
+    for (;;) {
+        PyObject *at = PyLong_FromLongLong(count);
+        if (!at || PyObject_SetAttrString(log, "at", at) < 0 ||
+            PyObject_SetAttrString(mem, "log", log) < 0) {
+            Py_XDECREF(at);
+            goto done;
+        }
+        Py_DECREF(at);
+        PyObject *op = PyIter_Next(it);
+        PyObject *etype, *evalue, *etb;
+        PyErr_Fetch(&etype, &evalue, &etb); /* the generator's exception, kept over the reset */
+        if (PyObject_SetAttrString(mem, "log", Py_None) < 0) {
+            Py_XDECREF(op);
+            Py_XDECREF(etype);
+            Py_XDECREF(evalue);
+            Py_XDECREF(etb);
+            goto done;
+        }
+        if (etype) {
+            Py_XDECREF(op);
+            PyErr_Restore(etype, evalue, etb);
+            goto done;
+        }
+        if (!op)
+            break;
+        /* an operation: (kind, cpu, addr, arg, value, insn) */
+        long long kind = -1, cpu = -1, arg = 0;
+        unsigned long long addr = 0, value = 0;
+        int executable = PyTuple_Check(op) && PyTuple_GET_SIZE(op) >= 5;
+        if (executable) {
+            kind = PyLong_AsLongLong(PyTuple_GET_ITEM(op, 0));
+            cpu = PyLong_AsLongLong(PyTuple_GET_ITEM(op, 1));
+            addr = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(op, 2));
+            arg = PyLong_AsLongLong(PyTuple_GET_ITEM(op, 3));
+            value = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(op, 4));
+            if (PyErr_Occurred())
+                executable = 0;
+        }
+        if (!executable || kind < 0 || kind > K_MARK || cpu < 0 || cpu >= self->cpus) {
+            Py_DECREF(op);
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "native executor: operation kind %lld on cpu "
+                             "%lld (cpus 0..%d)", kind, cpu, self->cpus - 1);
+            goto done;
+        }
+        if (packable) {
+            PyObject *insn = PyTuple_GET_SIZE(op) == 6 ? PyTuple_GET_ITEM(op, 5) : NULL;
+            PyObject *id = insn ? PyDict_GetItemWithError(ids, insn) : NULL;
+            if (insn && !id && !PyErr_Occurred()) {
+                id = PyLong_FromSsize_t(PyList_GET_SIZE(names));
+                if (!id || PyDict_SetItem(ids, insn, id) < 0 || PyList_Append(names, insn) < 0) {
+                    Py_XDECREF(id);
+                    Py_DECREF(op);
+                    goto done;
+                }
+                Py_DECREF(id); /* the dict holds it */
+            }
+            long long idv = id ? PyLong_AsLongLong(id) : -1;
+            if (PyErr_Occurred()) {
+                Py_DECREF(op);
+                goto done;
+            }
+            if (!insn || idv > 0xFFFF || cpu > 0xFFFF) {
+                packable = 0; /* not a 6-tuple, or outside the columns' types */
+            } else {
+                kinds[n] = (unsigned char)kind;
+                cpus[n] = (uint16_t)cpu;
+                addrs[n] = addr;
+                oargs[n] = arg;
+                values[n] = value;
+                insns[n] = (uint16_t)idv;
+            }
+        }
+        Py_DECREF(op);
+        n++;
+        count++;
+        native_step(self, (int)kind, (int)cpu, addr, arg, value);
+        if (self->failed) {
+            if (!PyErr_Occurred())
+                PyErr_NoMemory();
+            goto done;
+        }
+        if (n == chunk) {
+            PyObject *columns = packable ? op_arrays(array_type, cols, n) : Py_NewRef(Py_None);
+            PyObject *r = columns ? PyObject_CallFunction(sink, "OnO", columns, n, reads) : NULL;
+            Py_XDECREF(columns);
+            if (!r)
+                goto done;
+            Py_DECREF(r);
+            n = 0;
+        }
+    }
+    {
+        PyObject *columns = packable ? op_arrays(array_type, cols, n) : Py_NewRef(Py_None);
+        PyObject *r = columns ? PyObject_CallFunction(sink, "OnO", columns, n, reads) : NULL;
+        Py_XDECREF(columns);
+        if (!r)
+            goto done;
+        Py_DECREF(r);
+    }
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(array_type);
+    Py_XDECREF(reads);
+    Py_XDECREF(it);
+    free(kinds);
+    free(cpus);
+    free(insns);
+    free(addrs);
+    free(values);
+    free(oargs);
+    return result;
+}
+
 /* finish() -> (creates, faults, violations, {gfn: [(writes, extra, rebuilt), ...]}): the
  * Recorder's finish (closes the open bursts and intervals) */
 static PyObject *Native_finish(Native *self, PyObject *unused) {
@@ -2961,6 +3131,8 @@ static void Native_dealloc(Native *self) {
 
 static PyMethodDef Native_methods[] = {
     {"run", (PyCFunction)Native_run, METH_O, "run(ops): execute every operation natively"},
+    {"run_tee", (PyCFunction)Native_run_tee, METH_VARARGS,
+     "run_tee(source, mem, log, insn_ids, insn_names, sink, chunk): execute and record"},
     {"finish", (PyCFunction)Native_finish, METH_NOARGS,
      "(creates, faults, violations, tables): the oracle's record (with trace)"},
     {"counters", (PyCFunction)Native_counters, METH_NOARGS, "the counters (ALL_COUNTERS order)"},

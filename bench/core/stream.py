@@ -88,10 +88,10 @@ def export(path: str, recording: OpRecording, initial: GuestMemory, pae: bool,
 
 def _read(handle: BinaryIO, code: str, n: int, path: str) -> array:
     a = array(code)
-    try:
-        a.fromfile(handle, n)
-    except EOFError:
-        raise BenchError(f"{path}: truncated hot-path stream file") from None
+    data = handle.read(n * a.itemsize)
+    if len(data) != n * a.itemsize:
+        raise BenchError(f"{path}: truncated hot-path stream file")
+    a.frombytes(data)
     return _little(a)
 
 

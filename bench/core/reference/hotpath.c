@@ -474,7 +474,10 @@ static void mmu_pte_write(int cpu, u64 gpa, int nbytes, u64 new_gpte) {
     i64 *head = table_find(&by_gfn, gfn);
     if (!head) return;
     int list[64], n = 0;
-    for (int t = (int)*head; t != NONE && n < 64; t = sps[t].next) list[n++] = t;
+    for (int t = (int)*head; t != NONE; t = sps[t].next) {
+        if (n == 64) die("more than 64 shadow pages of one gfn");
+        list[n++] = t;
+    }
     for (int k = 0; k < n; k++) {
         int s = list[k];
         Sp *sp = &sps[s];

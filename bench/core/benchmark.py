@@ -136,7 +136,8 @@ def end_to_end(out: str) -> dict[str, Any]:
     done = subprocess.run(command, cwd=root, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if done.returncode != 0:
-        raise BenchError(f"bench run failed: {done.stderr.strip().splitlines()[-1:]}")
+        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise BenchError(f"bench run failed: {last}")
     with open(os.path.join(out, "results.json"), encoding="utf-8") as handle:
         doc = json.load(handle)
     records = doc["records"]
@@ -230,6 +231,10 @@ def report(doc: dict[str, Any]) -> str:
         lines.append(f"{label}: {rate(m['ops_per_s'])}; ratio to (a) {m['ratio']:.4f}; "
                      f"target >= {target_rate / 1e6:g} M ops/s and >= {target_ratio:g}: "
                      f"{'met' if met else 'not met'}")
+    if "end_to_end" in doc:
+        lines.append(f"(c) ran: {doc['end_to_end']['runs'][0]['simulator']}, "
+                     f"{doc['end_to_end']['runs'][0]['guest_ops']:,} guest operations in "
+                     f"{doc['end_to_end']['runs'][0]['cells']} cells per run")
     ref_run = doc["reference"]["runs"][0]
     lines.append(f"C reference: reads checked {ref_run['reads_checked']:,}, differed "
                  f"{ref_run['reads_differed']:,}; shadow pages at the end "

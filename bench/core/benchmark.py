@@ -33,9 +33,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError
+
+if TYPE_CHECKING:
+    from bench.machine.memory import GuestMemory
+    from bench.machine.paging import Mode
+    from bench.recording import OpRecording
 
 REFERENCE = Path(__file__).resolve().parent / "reference" / "hotpath.c"
 POLICY = "flood-count"
@@ -54,9 +59,9 @@ COMPARED = ("native_load", "native_store", "native_locked_rmw", "native_invlpg",
 class Recorded:
     """A kscand guest run recorded natively, with the guest memory it started from."""
 
-    recording: Any  # bench.recording.OpRecording
-    initial: Any  # bench.machine.memory.GuestMemory
-    mode: Any  # bench.machine.paging.Mode
+    recording: OpRecording
+    initial: GuestMemory
+    mode: Mode
     cr3s: list[int]
 
 
@@ -80,7 +85,8 @@ def record_kscand(ops: int | None, params: dict[str, Any] | None = None,
     return Recorded(recording, initial, run.guest.mode, list(run.cr3s))
 
 
-def simulate_replay(recording: Any, policy_spec: Any, initial_mem: Any, mode: Any,
+def simulate_replay(recording: OpRecording, policy_spec: str | tuple[str, dict[str, Any]],
+                    initial_mem: GuestMemory, mode: Mode,
                     cr3s: list[int]) -> tuple[int, dict[str, int]]:
     """The simulator's simulation loop: replay ``recording`` under ``policy_spec`` on a copy of
     ``initial_mem``, its reads checked, as bench.cell.run_cells does. Returns (operations,

@@ -18,7 +18,7 @@ import sys
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from bench.errors import BenchError
 from bench.files import atomic_write
@@ -66,7 +66,7 @@ def export(path: str, recording: OpRecording, initial: GuestMemory, pae: bool,
     reads = sum(len(chunk[0]) for chunk in _chunks(recording)[1])
     words = sorted((w, v) for w, v in initial.words.items() if v)
 
-    def write(handle: BinaryIO) -> None:
+    def write(handle: IO) -> None:
         handle.write(_HEADER.pack(MAGIC, int(pae), len(cr3s), len(initial.tables), len(words),
                                   ops, reads))
         handle.write(struct.pack(f"<{len(cr3s)}Q", *cr3s))

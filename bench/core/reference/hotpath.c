@@ -659,8 +659,16 @@ int main(int argc, char **argv) {
     char tail;
     if (fread(&tail, 1, 1, in) != 0) die("the stream file has trailing bytes");
     fclose(in);
-    for (u64 i = 0; i < nops; i++)
+    for (u64 i = 0; i < nops; i++) {
         if (cpu[i] >= cpus || kind[i] > MARK) die("an operation has a bad kind or cpu");
+        if ((kind[i] == STORE || kind[i] == LOAD) && arg[i] != 1 && arg[i] != 2 && arg[i] != 4 &&
+            arg[i] != 8)
+            die("a store or load has a width other than 1, 2, 4 or 8");
+        if ((kind[i] == BTR || kind[i] == BTS) && (arg[i] < 0 || arg[i] > 31))
+            die("a btr or bts has a bit number outside 0..31");
+    }
+    for (u64 i = 0; i < nreads; i++)
+        if (r_method[i] > READ || (r_method[i] == READ && r_arg[i] > 8)) die("a read has a bad method or width");
 
     table_init(&pages, 4096);
     table_init(&by_gfn, 4096);

@@ -169,9 +169,11 @@ def measure(ops: int | None, repeat: int, end_to_end_run: bool,
     import bench
     from bench import _compiled
     from bench.core.stream import export
+    from bench.results import git_commit
 
     cc = compiler()
     doc: dict[str, Any] = {"simulator": _compiled.state(), "version": bench.__version__,
+                           "git_commit": git_commit(),
                            "policy": POLICY, "workload": "kscand (default guest, seed 0)",
                            "repeat": repeat, "cpus": os.cpu_count(),
                            "load_before": os.getloadavg()[0], "targets": TARGETS}
@@ -220,7 +222,8 @@ def report(doc: dict[str, Any]) -> str:
         return f"{s['median'] / 1e6:7.3f} M ops/s (min {s['min'] / 1e6:.3f}, max " \
                f"{s['max'] / 1e6:.3f}, spread {100 * s['spread']:.1f}%)"
 
-    lines = [f"simulator: {doc['simulator']}",
+    lines = [f"simulator: {doc['simulator']}; shadowbench {doc['version']}, "
+             f"commit {doc['git_commit']}",
              f"stream: kscand default guest, seed 0, {doc['ops']:,} operations, "
              f"{doc['reads']:,} reads; {doc['repeat']} runs each; load average "
              f"{doc['load_before']:.2f} before, {doc['load_after']:.2f} after",
@@ -295,11 +298,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         sys.stderr.write(f"bench.core.benchmark: error: {exc}\n")
         return 2
-    print(report(doc))
     if args.json is not None:
         from bench.files import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    print(report(doc))
     return 0
 
 

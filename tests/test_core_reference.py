@@ -157,3 +157,12 @@ def test_benchmark_bad_input_is_one_line_exit_2(args, env, says):
     done = _script(*args, "--skip-end-to-end", env=env)
     assert done.returncode == 2, done.stderr
     assert done.stdout == "" and done.stderr.count("\n") == 1 and says in done.stderr
+
+
+@needs_cc
+def test_pyperf_benchmark_times_the_reference():
+    from bench import perf
+
+    time_func = perf._reference(500)
+    seconds = time_func(2)
+    assert 0 < seconds < 5

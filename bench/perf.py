@@ -15,6 +15,9 @@ seconds per simulated operation; operations per second is its inverse:
   shared part of a guest run, bench.cell.run_cells);
 - kscand-flood-count-replay: that recording replayed under flood-count, its reads checked (what
   each further policy of the run costs);
+- reference-kscand-flood-count: the C reference of the hot path (bench/core/reference/hotpath.c,
+  compiled with ``cc -O2``) replaying the same recording under flood-count, its own timing of
+  the simulation loop (issue 17's yardstick; skipped with a note when there is no C compiler);
 - oracle: recording a kscand run and computing its offline optimum;
 - reprice-100-cells: re-pricing 100 stored cells under another cost profile (inner_loops 100).
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -103,6 +107,36 @@ def _replay(policy: str, n: int):
     return time_func
 
 
+def _reference(n: int):
+    """The C reference replaying the first ``n`` kscand operations under flood-count: compiled
+    and fed the exported recording once per worker process, then run ``loops`` times; the
+    seconds it reports for its simulation loop (bench.core.benchmark)."""
+    state: dict = {}
+
+    def time_func(loops: int) -> float:
+        if not state:
+            import atexit
+            import shutil
+            import tempfile
+
+            from bench.core import benchmark
+            from bench.core.stream import export
+
+            folder = tempfile.mkdtemp(prefix="shadowbench-perf-hotpath-")
+            atexit.register(shutil.rmtree, folder, True)
+            state["binary"] = benchmark.compile_reference(folder, benchmark.compiler())
+            run, initial, recording, _ = _recorded(n)
+            state["stream"] = f"{folder}/stream.bin"
+            export(state["stream"], recording, initial, run.guest.mode.pae, list(run.cr3s))
+            recording.close()
+        from bench.core.benchmark import run_reference
+
+        return sum(run_reference(state["binary"], state["stream"])["seconds"]
+                   for _ in range(loops))
+
+    return time_func
+
+
 def _oracle(params: dict):
     from bench import oracle
     from bench.cell import build_run
@@ -154,6 +188,13 @@ def speed_suite() -> None:
     runner.bench_time_func("kscand-record", _record(OPS), inner_loops=OPS)
     runner.bench_time_func("kscand-flood-count-replay", _replay("flood-count", OPS),
                            inner_loops=OPS)
+    import shutil
+
+    if shutil.which(os.environ.get("CC") or "cc"):
+        runner.bench_time_func("reference-kscand-flood-count", _reference(OPS), inner_loops=OPS)
+    elif not runner.args or not runner.args.worker:
+        print("bench.perf: no C compiler (cc, or $CC): reference-kscand-flood-count skipped",
+              file=sys.stderr)
     runner.bench_time_func("oracle-kscand-quick", _oracle({"quick": True}))
     runner.bench_time_func("reprice-100-cells", _reprice(), inner_loops=100)
 

@@ -15,6 +15,8 @@ seconds per simulated operation; operations per second is its inverse:
   shared part of a guest run, bench.cell.run_cells);
 - kscand-flood-count-replay: that recording replayed under flood-count, its reads checked (what
   each further policy of the run costs);
+- kscand-record-native, kscand-flood-count-replay-native: the same two on the native core
+  (bench.core: execution, tee and replay in C; the workload's generation stays Python);
 - reference-kscand-flood-count: the C reference of the hot path (bench/core/reference/hotpath.c,
   compiled with ``cc -O2``) replaying the same recording under flood-count, its own timing of
   the simulation loop (issue 17's yardstick; skipped with a note when there is no C compiler);
@@ -107,6 +109,45 @@ def _replay(policy: str, n: int):
     return time_func
 
 
+def _native_replay(policy: str, n: int):
+    """The same replay on the native core (bench.core): C reads the packed columns."""
+    from bench import core
+    from bench.registry import make_policy
+
+    def time_func(loops: int) -> float:
+        run, initial, recording, _ = _recorded(n)
+        total = 0.0
+        for _ in range(loops):
+            t0 = time.perf_counter()
+            core.replay(recording, make_policy(policy), initial, run.guest.mode.pae, run.cr3s)
+            total += time.perf_counter() - t0
+        return total
+
+    return time_func
+
+
+def _native_record(n: int):
+    """kscand-record on the native core: generation in Python, execution and tee in C."""
+    from bench import core
+    from bench.cell import build_run
+    from bench.recording import OpRecording
+
+    def time_func(loops: int) -> float:
+        total = 0.0
+        for _ in range(loops):
+            run = build_run("kscand", {}, 0)
+            recording = OpRecording()
+            native = core.native_execution(run.guest.mem, run.guest.mode.pae, run.cr3s, False)
+            assert native is not None
+            t0 = time.perf_counter()
+            native.run_recorded(recording, itertools.islice(run.ops, n), run.guest.mem)
+            total += time.perf_counter() - t0
+            recording.close()
+        return total
+
+    return time_func
+
+
 def _reference(n: int):
     """The C reference replaying the first ``n`` kscand operations under flood-count: compiled
     and fed the exported recording once per worker process, then run ``loops`` times; the
@@ -116,7 +157,16 @@ def _reference(n: int):
     def time_func(loops: int) -> float:
         if not state:
             import atexit
-            import shutil
+            from bench import core
+
+    if core.available():
+        runner.bench_time_func("kscand-record-native", _native_record(OPS), inner_loops=OPS)
+        runner.bench_time_func("kscand-flood-count-replay-native",
+                               _native_replay("flood-count", OPS), inner_loops=OPS)
+    elif not runner.args or not runner.args.worker:
+        print(f"bench.perf: the native core is {core.state()}: its benchmarks skipped",
+              file=sys.stderr)
+    import shutil
             import tempfile
 
             from bench.core import benchmark
@@ -188,6 +238,15 @@ def speed_suite() -> None:
     runner.bench_time_func("kscand-record", _record(OPS), inner_loops=OPS)
     runner.bench_time_func("kscand-flood-count-replay", _replay("flood-count", OPS),
                            inner_loops=OPS)
+    from bench import core
+
+    if core.available():
+        runner.bench_time_func("kscand-record-native", _native_record(OPS), inner_loops=OPS)
+        runner.bench_time_func("kscand-flood-count-replay-native",
+                               _native_replay("flood-count", OPS), inner_loops=OPS)
+    elif not runner.args or not runner.args.worker:
+        print(f"bench.perf: the native core is {core.state()}: its benchmarks skipped",
+              file=sys.stderr)
     import shutil
 
     if shutil.which(os.environ.get("CC") or "cc"):

@@ -91,7 +91,10 @@ def _record(n: int):
     return time_func
 
 
-def _replay(policy: str, n: int):
+def _replay(policy: str, n: int, native: bool = False):
+    """The recording replayed under ``policy``: by the Python executor, or by the native core
+    (bench.core: C reads the packed columns)."""
+    from bench import core
     from bench.cell import machine_for
     from bench.registry import make_policy
 
@@ -99,27 +102,14 @@ def _replay(policy: str, n: int):
         run, initial, recording, _ = _recorded(n)
         total = 0.0
         for _ in range(loops):
-            mem = initial.copy()
-            machine = machine_for(make_policy(policy), mem, run.guest.mode, run.cr3s)
-            t0 = time.perf_counter()
-            recording.run(machine.step, mem)
-            total += time.perf_counter() - t0
-        return total
-
-    return time_func
-
-
-def _native_replay(policy: str, n: int):
-    """The same replay on the native core (bench.core): C reads the packed columns."""
-    from bench import core
-    from bench.registry import make_policy
-
-    def time_func(loops: int) -> float:
-        run, initial, recording, _ = _recorded(n)
-        total = 0.0
-        for _ in range(loops):
-            t0 = time.perf_counter()
-            core.replay(recording, make_policy(policy), initial, run.guest.mode.pae, run.cr3s)
+            if native:
+                t0 = time.perf_counter()
+                core.replay(recording, make_policy(policy), initial, run.guest.mode.pae, run.cr3s)
+            else:
+                mem = initial.copy()
+                machine = machine_for(make_policy(policy), mem, run.guest.mode, run.cr3s)
+                t0 = time.perf_counter()
+                recording.run(machine.step, mem)
             total += time.perf_counter() - t0
         return total
 
@@ -157,16 +147,7 @@ def _reference(n: int):
     def time_func(loops: int) -> float:
         if not state:
             import atexit
-            from bench import core
-
-    if core.available():
-        runner.bench_time_func("kscand-record-native", _native_record(OPS), inner_loops=OPS)
-        runner.bench_time_func("kscand-flood-count-replay-native",
-                               _native_replay("flood-count", OPS), inner_loops=OPS)
-    elif not runner.args or not runner.args.worker:
-        print(f"bench.perf: the native core is {core.state()}: its benchmarks skipped",
-              file=sys.stderr)
-    import shutil
+            import shutil
             import tempfile
 
             from bench.core import benchmark
@@ -243,7 +224,16 @@ def speed_suite() -> None:
     if core.available():
         runner.bench_time_func("kscand-record-native", _native_record(OPS), inner_loops=OPS)
         runner.bench_time_func("kscand-flood-count-replay-native",
-                               _native_replay("flood-count", OPS), inner_loops=OPS)
+                               _replay("flood-count", OPS, native=True), inner_loops=OPS)
+    elif not runner.args or not runner.args.worker:
+        print(f"bench.perf: the native core is {core.state()}: its benchmarks skipped",
+              file=sys.stderr)
+    from bench import core
+
+    if core.available():
+        runner.bench_time_func("kscand-record-native", _native_record(OPS), inner_loops=OPS)
+        runner.bench_time_func("kscand-flood-count-replay-native",
+                               _replay("flood-count", OPS, native=True), inner_loops=OPS)
     elif not runner.args or not runner.args.worker:
         print(f"bench.perf: the native core is {core.state()}: its benchmarks skipped",
               file=sys.stderr)

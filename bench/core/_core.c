@@ -284,21 +284,6 @@ static u64 mem_read(const mem_t *m, u64 gpa, int width) {
     return value;
 }
 
-/* GuestMemory.write */
-static int mem_write(mem_t *m, u64 gpa, int width, u64 value) {
-    if (width == 4 && !(gpa & 3))
-        return mem_write32(m, gpa, (u32)value);
-    for (int i = 0; i < width; i++) {
-        u64 a = gpa + i, word = a & ~3ULL;
-        int shift = 8 * (a & 3);
-        u32 old = mem_word(m, word);
-        u32 byte = (u32)((value >> (8 * i)) & 0xFF);
-        if (mem_write32(m, word, (old & ~(0xFFu << shift)) | (byte << shift)) < 0)
-            return -1;
-    }
-    return 0;
-}
-
 static void mem_free(mem_t *m) {
     for (size_t i = 0; i < m->tables.cap; i++)
         if (m->tables.keys[i])
@@ -426,19 +411,29 @@ static PyObject *BenchError; /* bench.errors.BenchError */
 #define OOM(self) do { (self)->failed = 1; PyErr_NoMemory(); } while (0)
 
 /* ------------------------------------------------------------------ walk (paging.walk) */
-static int walk(Core *self, u64 cr3, u64 vaddr, int write, int user, walk_t *w) {
-    mem_t *mem = &self->mem;
-    int pae = self->pae;
+/* Guest memory as the walk and the writes see it: the native core's own (mem_t) or, for the
+ * shared native execution, the Python GuestMemory (Native below). Both executors call the
+ * generic functions with constant accessors, which the compiler inlines. */
+typedef u32 (*word_fn)(void *mem, u64 gpa);
+typedef int (*write32_fn)(void *mem, u64 gpa, u32 value); /* -1: out of memory / an error */
+
+static inline u64 entry_of(void *mem, word_fn word, u64 gpa, int pae) {
+    return pae ? (u64)word(mem, gpa) | ((u64)word(mem, gpa + 4) << 32) : word(mem, gpa);
+}
+
+/* paging.walk with set_bits: 1 a translation in *w, 0 a guest page fault, -1 an error */
+static inline int walk_generic(void *mem, word_fn word, write32_fn write32, int pae, u64 cr3,
+                               u64 vaddr, int write, int user, walk_t *w) {
     u64 pde_gpa;
     if (pae) {
-        u64 pdpte = mem_entry(mem, (cr3 & 0xFFFFFFE0ULL) + ((vaddr >> 30) << 3), 1);
+        u64 pdpte = entry_of(mem, word, (cr3 & 0xFFFFFFE0ULL) + ((vaddr >> 30) << 3), 1);
         if (!(pdpte & P_BIT))
             return 0;
         pde_gpa = (pdpte & ADDR_MASK_PAE) + (((vaddr >> 21) & 0x1FF) << 3);
     } else {
         pde_gpa = (cr3 & ADDR_MASK_32) + ((vaddr >> 22) << 2);
     }
-    u64 pde = mem_entry(mem, pde_gpa, pae);
+    u64 pde = entry_of(mem, word, pde_gpa, pae);
     if (!(pde & P_BIT) || (user && !(pde & US_BIT)))
         return 0;
     u64 mask = pae ? ADDR_MASK_PAE : ADDR_MASK_32;
@@ -448,7 +443,7 @@ static int walk(Core *self, u64 cr3, u64 vaddr, int write, int user, walk_t *w) 
         int dirtied = write && !(pde & D_BIT);
         u64 want = pde | A_BIT | (write ? D_BIT : 0);
         if (want != pde) {
-            if (mem_write32(mem, pde_gpa, (u32)want) < 0)
+            if (write32(mem, pde_gpa, (u32)want) < 0)
                 return -1;
             pde = want;
         }
@@ -465,7 +460,7 @@ static int walk(Core *self, u64 cr3, u64 vaddr, int write, int user, walk_t *w) 
         return 1;
     }
     u64 pte_gpa = (pde & mask) + (((vaddr >> 12) & (pae ? 511 : 1023)) * (pae ? 8 : 4));
-    u64 pte = mem_entry(mem, pte_gpa, pae);
+    u64 pte = entry_of(mem, word, pte_gpa, pae);
     if (!(pte & P_BIT) || (user && !(pte & US_BIT)))
         return 0;
     int writable = (pde & RW_BIT) && (pte & RW_BIT);
@@ -473,12 +468,12 @@ static int walk(Core *self, u64 cr3, u64 vaddr, int write, int user, walk_t *w) 
         return 0;
     int dirtied = write && !(pte & D_BIT);
     if (!(pde & A_BIT)) {
-        if (mem_write32(mem, pde_gpa, (u32)(pde | A_BIT)) < 0)
+        if (write32(mem, pde_gpa, (u32)(pde | A_BIT)) < 0)
             return -1;
     }
     u64 want = pte | A_BIT | (write ? D_BIT : 0);
     if (want != pte) {
-        if (mem_write32(mem, pte_gpa, (u32)want) < 0)
+        if (write32(mem, pte_gpa, (u32)want) < 0)
             return -1;
         pte = want;
     }
@@ -494,23 +489,30 @@ static int walk(Core *self, u64 cr3, u64 vaddr, int write, int user, walk_t *w) 
     return 1;
 }
 
-/* native.apply_write */
-static int apply_write(Core *self, u64 gpa, int kind, i64 width, u64 value) {
-    mem_t *mem = &self->mem;
+/* native.apply_write (GuestMemory.write for widths other than an aligned word); -1 an error */
+static inline int apply_write_generic(void *mem, word_fn word, write32_fn write32, u64 gpa,
+                                      int kind, i64 width, u64 value) {
     if (kind == K_STORE) {
         if (width == 4 && !(gpa & 3))
-            return mem_write32(mem, gpa, (u32)value);
-        return mem_write(mem, gpa, (int)width, value);
+            return write32(mem, gpa, (u32)value);
+        for (i64 i = 0; i < width; i++) {
+            u64 a = gpa + i, at = a & ~3ULL;
+            int shift = 8 * (a & 3);
+            u32 old = word(mem, at);
+            u32 byte = (u32)((value >> (8 * i)) & 0xFF);
+            if (write32(mem, at, (old & ~(0xFFu << shift)) | (byte << shift)) < 0)
+                return -1;
+        }
+        return 0;
     }
-    u64 word = gpa & ~3ULL;
-    u32 old = mem_word(mem, word);
+    u64 at = gpa & ~3ULL;
+    u32 old = word(mem, at);
     u32 bit = 1u << (width & 31);
-    return mem_write32(mem, word, kind == K_BTR ? (old & ~bit) : (old | bit));
+    return write32(mem, at, kind == K_BTR ? (old & ~bit) : (old | bit));
 }
 
 /* native.count_native */
-static inline void count_native(Core *self, int kind, i64 arg) {
-    u64 *c = self->counters;
+static inline void count_native_in(u64 *c, int kind, i64 arg) {
     switch (kind) {
     case K_LOAD: c[C_native_load]++; break;
     case K_STORE: c[C_native_store]++; break;
@@ -519,6 +521,22 @@ static inline void count_native(Core *self, int kind, i64 arg) {
     case K_CR3: c[C_native_cr3]++; break;
     case K_COMPUTE: c[C_native_compute_cycles] += (u64)arg; break;
     }
+}
+
+static u32 mem_word_fn(void *m, u64 gpa) { return mem_word(m, gpa); }
+static int mem_write32_fn(void *m, u64 gpa, u32 v) { return mem_write32(m, gpa, v); }
+
+static int walk(Core *self, u64 cr3, u64 vaddr, int write, int user, walk_t *w) {
+    return walk_generic(&self->mem, mem_word_fn, mem_write32_fn, self->pae, cr3, vaddr, write,
+                        user, w);
+}
+
+static int apply_write(Core *self, u64 gpa, int kind, i64 width, u64 value) {
+    return apply_write_generic(&self->mem, mem_word_fn, mem_write32_fn, gpa, kind, width, value);
+}
+
+static inline void count_native(Core *self, int kind, i64 arg) {
+    count_native_in(self->counters, kind, arg);
 }
 
 /* ------------------------------------------------------------------ forward declarations */
@@ -1755,7 +1773,7 @@ static void set_cr3(Core *self, int cpu, u64 value) {
 }
 
 /* ------------------------------------------------------------------ one operation */
-static PyObject *counters_tuple(Core *self);
+static int append_mark(PyObject *marks, i64 phase, const u64 *counters);
 
 /* ShadowMachine.step */
 static void step(Core *self, int kind, int cpu, u64 addr, i64 arg, u64 value, int insn) {
@@ -1812,24 +1830,23 @@ static void step(Core *self, int kind, int cpu, u64 addr, i64 arg, u64 value, in
     } else if (kind == K_CR3) {
         set_cr3(self, cpu, addr);
     } else if (kind == K_MARK) {
-        PyObject *snap = counters_tuple(self);
-        PyObject *mark = snap ? Py_BuildValue("(LN)", (long long)arg, snap) : NULL;
-        if (!mark || PyList_Append(self->marks, mark) < 0)
+        if (append_mark(self->marks, arg, self->counters) < 0)
             self->failed = 1;
-        Py_XDECREF(mark);
     }
 }
 
 /* ------------------------------------------------------------------ Python type */
-static PyObject *counters_tuple(Core *self) {
+/* the counters as a tuple in ALL_COUNTERS order; ``exits`` derived from the exit causes, as
+ * Counters.as_dict does */
+static PyObject *counts_tuple(const u64 *counters) {
     PyObject *t = PyTuple_New(NCOUNTERS);
     if (!t)
         return NULL;
     u64 exits = 0;
     for (int i = C_exit_ptwrite_emulate; i <= C_exit_cr3; i++)
-        exits += self->counters[i];
+        exits += counters[i];
     for (int i = 0; i < NCOUNTERS; i++) {
-        PyObject *v = PyLong_FromUnsignedLongLong(i == C_exits ? exits : self->counters[i]);
+        PyObject *v = PyLong_FromUnsignedLongLong(i == C_exits ? exits : counters[i]);
         if (!v) {
             Py_DECREF(t);
             return NULL;
@@ -1837,6 +1854,17 @@ static PyObject *counters_tuple(Core *self) {
         PyTuple_SET_ITEM(t, i, v);
     }
     return t;
+}
+
+static PyObject *counters_tuple(Core *self) { return counts_tuple(self->counters); }
+
+/* a MARK: (phase, counters) appended to ``marks``; -1 on error */
+static int append_mark(PyObject *marks, i64 phase, const u64 *counters) {
+    PyObject *snap = counts_tuple(counters);
+    PyObject *mark = snap ? Py_BuildValue("(LN)", (long long)phase, snap) : NULL;
+    int r = (!mark || PyList_Append(marks, mark) < 0) ? -1 : 0;
+    Py_XDECREF(mark);
+    return r;
 }
 
 static void release_reads(Core *self) {
@@ -2472,90 +2500,11 @@ static u64 py_entry(Native *self, u64 gpa, int pae) {
     return py_word(self, gpa);
 }
 
-/* paging.walk on the Python memory (set_bits) */
-static int py_walk(Native *self, u64 cr3, u64 vaddr, int write, int user, walk_t *w) {
-    int pae = self->pae;
-    u64 pde_gpa;
-    if (pae) {
-        u64 pdpte = py_entry(self, (cr3 & 0xFFFFFFE0ULL) + ((vaddr >> 30) << 3), 1);
-        if (!(pdpte & P_BIT))
-            return 0;
-        pde_gpa = (pdpte & ADDR_MASK_PAE) + (((vaddr >> 21) & 0x1FF) << 3);
-    } else {
-        pde_gpa = (cr3 & ADDR_MASK_32) + ((vaddr >> 22) << 2);
-    }
-    u64 pde = py_entry(self, pde_gpa, pae);
-    if (!(pde & P_BIT) || (user && !(pde & US_BIT)))
-        return 0;
-    u64 mask = pae ? ADDR_MASK_PAE : ADDR_MASK_32;
-    if (pde & PS_BIT) {
-        if (write && !(pde & RW_BIT))
-            return 0;
-        int dirtied = write && !(pde & D_BIT);
-        u64 want = pde | A_BIT | (write ? D_BIT : 0);
-        if (want != pde) {
-            py_write32(self, pde_gpa, (u32)want);
-            pde = want;
-        }
-        u64 span = (1ULL << ((pae ? 21 : 22) - 12)) - 1;
-        w->gfn = (((pde & mask) >> 12) & ~span) + ((vaddr >> 12) & span);
-        w->pt_gfn = -1;
-        w->pd_gfn = pde_gpa >> 12;
-        w->leaf_gpa = pde_gpa;
-        w->leaf = pde;
-        w->writable = (pde & RW_BIT) != 0;
-        w->user = (pde & US_BIT) != 0;
-        w->dirty = (pde & D_BIT) != 0;
-        w->dirtied = dirtied;
-        return 1;
-    }
-    u64 pte_gpa = (pde & mask) + (((vaddr >> 12) & (pae ? 511 : 1023)) * (pae ? 8 : 4));
-    u64 pte = py_entry(self, pte_gpa, pae);
-    if (!(pte & P_BIT) || (user && !(pte & US_BIT)))
-        return 0;
-    int writable = (pde & RW_BIT) && (pte & RW_BIT);
-    if (write && !writable)
-        return 0;
-    int dirtied = write && !(pte & D_BIT);
-    if (!(pde & A_BIT))
-        py_write32(self, pde_gpa, (u32)(pde | A_BIT));
-    u64 want = pte | A_BIT | (write ? D_BIT : 0);
-    if (want != pte) {
-        py_write32(self, pte_gpa, (u32)want);
-        pte = want;
-    }
-    w->gfn = (pte & mask) >> 12;
-    w->pt_gfn = (i64)((pde & mask) >> 12);
-    w->pd_gfn = pde_gpa >> 12;
-    w->leaf_gpa = pte_gpa;
-    w->leaf = pte;
-    w->writable = writable;
-    w->user = (pde & US_BIT) && (pte & US_BIT);
-    w->dirty = (pte & D_BIT) != 0;
-    w->dirtied = dirtied;
-    return 1;
-}
+static u32 py_word_fn(void *self, u64 gpa) { return py_word(self, gpa); }
 
-/* native.apply_write on the Python memory (GuestMemory.write for other widths) */
-static void py_apply_write(Native *self, u64 gpa, int kind, i64 width, u64 value) {
-    if (kind == K_STORE) {
-        if (width == 4 && !(gpa & 3)) {
-            py_write32(self, gpa, (u32)value);
-            return;
-        }
-        for (i64 i = 0; i < width && !self->failed; i++) {
-            u64 a = gpa + i, word = a & ~3ULL;
-            int shift = 8 * (a & 3);
-            u32 old = py_word(self, word);
-            u32 byte = (u32)((value >> (8 * i)) & 0xFF);
-            py_write32(self, word, (old & ~(0xFFu << shift)) | (byte << shift));
-        }
-        return;
-    }
-    u64 word = gpa & ~3ULL;
-    u32 old = py_word(self, word);
-    u32 bit = 1u << (width & 31);
-    py_write32(self, word, kind == K_BTR ? (old & ~bit) : (old | bit));
+static int py_write32_fn(void *self, u64 gpa, u32 value) {
+    py_write32(self, gpa, value);
+    return ((Native *)self)->failed ? -1 : 0;
 }
 
 static inline int set_has(const map_t *m, u64 key) { return map_get(m, key) != 0; }
@@ -2739,39 +2688,20 @@ static void written(Native *self, u64 gpa) {
         bit_clear(t->cleared, index);
 }
 
-static PyObject *native_counters_tuple(Native *self) {
-    PyObject *t = PyTuple_New(NCOUNTERS);
-    if (!t)
-        return NULL;
-    for (int i = 0; i < NCOUNTERS; i++) {
-        PyObject *v = PyLong_FromUnsignedLongLong(self->counters[i]);
-        if (!v) {
-            Py_DECREF(t);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(t, i, v);
-    }
-    return t;
-}
-
 /* NativeMachine.step */
 static void native_step(Native *self, int kind, int cpu, u64 addr, i64 arg, u64 value) {
     u64 *c = self->counters;
-    switch (kind) {
-    case K_LOAD: c[C_native_load]++; break;
-    case K_STORE: c[C_native_store]++; break;
-    case K_BTR: case K_BTS: c[C_native_locked_rmw]++; break;
-    case K_INVLPG: c[C_native_invlpg]++; break;
-    case K_CR3: c[C_native_cr3]++; break;
-    case K_COMPUTE: c[C_native_compute_cycles] += (u64)arg; break;
-    }
+    count_native_in(c, kind, arg);
     if (kind <= K_LOAD) {
         int write = kind != K_LOAD;
         int user = addr < PAGE_OFFSET;
         walk_t w;
-        int ok = py_walk(self, self->cr3[cpu], addr, write, user, &w);
-        if (self->failed)
+        int ok = walk_generic(self, py_word_fn, py_write32_fn, self->pae, self->cr3[cpu], addr,
+                              write, user, &w);
+        if (self->failed || ok < 0) {
+            self->failed = 1;
             return;
+        }
         if (!ok) {
             c[C_native_page_fault]++;
             return;
@@ -2780,7 +2710,8 @@ static void native_step(Native *self, int kind, int cpu, u64 addr, i64 arg, u64 
             walked(self, &w, write, user);
         if (write) {
             u64 gpa = (w.gfn << 12) | (addr & 0xFFF);
-            py_apply_write(self, gpa, kind, arg, value);
+            if (apply_write_generic(self, py_word_fn, py_write32_fn, gpa, kind, arg, value) < 0)
+                self->failed = 1;
             if (self->trace_on && !self->failed)
                 written(self, gpa);
         }
@@ -2789,11 +2720,8 @@ static void native_step(Native *self, int kind, int cpu, u64 addr, i64 arg, u64 
         if (self->trace_on)
             note_roots(self, addr);
     } else if (kind == K_MARK) {
-        PyObject *snap = native_counters_tuple(self);
-        PyObject *mark = snap ? Py_BuildValue("(LN)", (long long)arg, snap) : NULL;
-        if (!mark || PyList_Append(self->marks, mark) < 0)
+        if (append_mark(self->marks, arg, self->counters) < 0)
             self->failed = 1;
-        Py_XDECREF(mark);
     }
 }
 
@@ -3104,7 +3032,7 @@ static PyObject *Native_finish(Native *self, PyObject *unused) {
 }
 
 static PyObject *Native_counters(Native *self, PyObject *unused) {
-    return native_counters_tuple(self);
+    return counts_tuple(self->counters);
 }
 
 static PyObject *Native_marks(Native *self, PyObject *unused) {

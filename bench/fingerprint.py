@@ -4,10 +4,11 @@ A cell (bench.experiment.Cell) is cached under a hash of everything that determi
 counters; besides the names, parameters and seed that is:
 
 - the code that runs: the SHA-256 of every source file of the ``bench``, ``policies`` and
-  ``workloads`` packages (the native core's C source, bench/core/*.c, included) except the modules that only present stored results
-  (``PRESENTATION``: the command line, statistics, pricing of records, charts, reports; a cell
-  never imports them, which tests/test_cache_key.py checks), and, for a policy or workload
-  registered by a third-party package, the sources of that package;
+  ``workloads`` packages (the native core's C source, bench/core/*.c, included) except the
+  modules that only present stored results (``PRESENTATION``: the command line, statistics,
+  pricing of records, charts, reports, benchmarks; a cell never imports them, which
+  tests/test_cache_key.py checks), and, for a policy or workload registered by a third-party
+  package, the sources of that package;
 - the contents (not the path) of every input file a parameter names (a parameter declared with
   ``Param(..., input_file=...)``: a lackey trace, a ``-w replay`` trace);
 - the numbers of the cost profile a policy decides by (its ``cost_profile`` parameter).
@@ -36,6 +37,7 @@ PRESENTATION: tuple[str, ...] = (
     "bench/executors",
     "bench/core/reference",  # the C reference of the hot path: a benchmark's yardstick
     "bench/core/benchmark.py",
+    "bench/core/stream.py",
     # the recorder and its tools; bench/record/format.py (the decoder) and replay.py (the guest
     # workload's events -> operations) run inside cells and are hashed
     "bench/record/build.py",

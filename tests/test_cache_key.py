@@ -81,7 +81,14 @@ def test_core_digest_covers_the_simulator_and_skips_presentation(tmp_path):
     assert fingerprint.core_digest.__wrapped__(project) == before
     with open(project / "bench" / "machine" / "shadow.py", "a") as handle:
         handle.write("\n")
-    assert fingerprint.core_digest.__wrapped__(project) != before
+    after = fingerprint.core_digest.__wrapped__(project)
+    assert after != before
+    # the native core's C source runs inside cells too; the C reference is a benchmark's
+    (project / "bench" / "core" / "reference" / "hotpath.c").write_text("/* a yardstick */\n")
+    assert fingerprint.core_digest.__wrapped__(project) == after
+    with open(project / "bench" / "core" / "_core.c", "a") as handle:
+        handle.write("\n")
+    assert fingerprint.core_digest.__wrapped__(project) != after
 
 
 def test_a_cell_never_imports_the_presentation_modules():

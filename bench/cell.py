@@ -15,12 +15,20 @@ bit clear that the native guest sees set, but the reads decide, for them as for 
 kscand, xen-oos and tdp read what the native guest reads to the end (their A bits differ only
 where the kernel never looks), while KVM's unsync is caught two thirds of the way through the
 run (its first pass leaves ptes young that natively were cleared) and generates its own.
+
+Every simulation here (the native run, each policy's replay or generated run) runs with the
+cyclic garbage collector paused (``gc_paused``): a guest run allocates millions of objects that
+live until it ends, so the collector's full collections found nothing to free and cost a fifth
+of a run; one collection after each simulation frees what it left in cycles (zapped shadow
+pages and their parents), so memory stays that of one policy's run at a time.
 """
 
 from __future__ import annotations
 
+import gc
 import random
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +57,22 @@ class CellResult:
     counters: dict[str, int]
     marks: list[tuple[int, dict[str, int]]] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector disabled inside the block; afterwards, even when the block
+    raises, its previous state is restored and, if it was enabled, one full collection frees the
+    cycles the block left (call it around a simulation whose executor is already unreachable
+    when the block ends, so that its shadow pages are freed)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+            gc.collect()
 
 
 def build_run(workload: str, params: dict[str, Any], seed: int) -> GuestRun:
@@ -90,6 +114,12 @@ def _result(machine, n: int, sizes: dict[str, int]) -> CellResult:
 def _generated(policy: Policy | None, workload: str, params: dict[str, Any], seed: int,
                check: bool = False) -> CellResult:
     """Run ``policy`` (None: natively) on a freshly built run that generates its own stream."""
+    with gc_paused():
+        return _generate(policy, workload, params, seed, check)
+
+
+def _generate(policy: Policy | None, workload: str, params: dict[str, Any], seed: int,
+              check: bool) -> CellResult:
     run = build_run(workload, params, seed)
     machine = executor_for(run, policy)
     step = machine.step
@@ -116,33 +146,49 @@ def run_cells(policy_specs: Sequence[PolicySpec], workload: str, params: dict[st
             yield i, _generated(policy, workload, params, seed)
         return
 
-    run = build_run(workload, params, seed)
-    mode, cr3s = run.guest.mode, list(run.cr3s)
-    initial = run.guest.mem.copy()
-    native = (oracle.Recorder if need_trace else NativeMachine)(run.guest.mem, mode, cr3s)
+    with gc_paused():
+        run = build_run(workload, params, seed)
+        mode, cr3s = run.guest.mode, list(run.cr3s)
+        initial = run.guest.mem.copy()
     with OpRecording() as recording:
-        try:
-            native.run(recording.tee(run.ops, run.guest.mem))
-            trace = native.finish() if need_trace else None
-        except Exception as err:
-            err.add_note(NATIVE_RUN_NOTE)
-            raise
+        with gc_paused():
+            trace = _record(run, recording, need_trace)
         if record_oracle:
             yield -1, oracle.compact(trace)
         for i, policy in enumerate(policies):
             if getattr(policy, "needs_trace", False):
                 policy.use_trace(trace)
             if recording.usable:
-                mem = initial.copy()
-                machine = machine_for(policy, mem, mode, cr3s)
-                n = recording.run(machine.step, mem)
-                if n is not None:
-                    yield i, _result(machine, n, run.sizes)
+                with gc_paused():
+                    result = _replayed(policy, recording, initial, mode, cr3s, run.sizes)
+                if result is not None:
+                    yield i, result
                     continue
                 policy = make_policy(policy_specs[i])  # a read differed: generate (fresh state)
                 if getattr(policy, "needs_trace", False):
                     policy.use_trace(trace)
             yield i, _generated(policy, workload, params, seed)
+
+
+def _record(run: GuestRun, recording: OpRecording, need_trace: bool) -> Any:
+    """Execute ``run`` natively into ``recording``; the oracle's trace when ``need_trace``."""
+    native = (oracle.Recorder if need_trace else NativeMachine)(run.guest.mem, run.guest.mode,
+                                                                list(run.cr3s))
+    try:
+        native.run(recording.tee(run.ops, run.guest.mem))
+        return native.finish() if need_trace else None
+    except Exception as err:
+        err.add_note(NATIVE_RUN_NOTE)
+        raise
+
+
+def _replayed(policy: Policy, recording: OpRecording, initial: GuestMemory, mode: Mode,
+              cr3s: list[int], sizes: dict[str, int]) -> CellResult | None:
+    """``policy`` on the recording, from a copy of the initial memory; None if a read differed."""
+    mem = initial.copy()
+    machine = machine_for(policy, mem, mode, cr3s)
+    n = recording.run(machine.step, mem)
+    return None if n is None else _result(machine, n, sizes)
 
 
 def run_cell(policy_spec: PolicySpec | None, workload: str, params: dict[str, Any], seed: int,

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterator
+from itertools import compress
 
 from mypy_extensions import mypyc_attr
 
@@ -96,6 +97,8 @@ ANON = 0
 """Bucket index of anon age 0: anon bucket ``age`` is ANON + age (0..15)."""
 CACHE = MAX_AGE + 1
 """Bucket index of cache age 0: cache bucket ``age`` is CACHE + age (16..31)."""
+_FLIP = bytes.maketrans(b"\x00\x01", b"\x01\x00")
+"""Swaps 0 and 1: the anon pages' flags from the cache pages'."""
 
 
 class AgingZone(Scanner):
@@ -115,9 +118,12 @@ class AgingZone(Scanner):
         for b in range(heads):
             nxt[n + b] = prv[n + b] = n + b
         self.count = [0] * heads
-        is_cache = um.is_cache
-        for p in um.fault_order:  # lru_cache_add: list_add at the head of INITIAL_AGE
-            self._add_head(p, CACHE + INITIAL_AGE if is_cache[p] else ANON + INITIAL_AGE)
+        # lru_cache_add in fault order: list_add at the head of INITIAL_AGE of the page's list
+        # (the two lists are independent, so each takes its pages in one go).
+        order = um.fault_order
+        cached = bytes(map(um.is_cache.__getitem__, order))
+        self._add_heads(array("i", compress(order, cached.translate(_FLIP))), ANON + INITIAL_AGE)
+        self._add_heads(array("i", compress(order, cached)), CACHE + INITIAL_AGE)
         self.age_interval = HZ
         self.age_next = 0
         self.need_scan = 0
@@ -134,6 +140,19 @@ class AgingZone(Scanner):
         prv[first] = p
         nxt[head] = p
         self.count[bucket] += 1
+
+    def _add_heads(self, pages: array, bucket: int) -> None:
+        """``_add_head(p, bucket)`` for every p of ``pages`` in order."""
+        nxt, prv = self.nxt, self.prv
+        head = self.base + bucket
+        after = nxt[head]
+        for p in pages:
+            nxt[p] = after
+            prv[after] = p
+            after = p
+        nxt[head] = after
+        prv[after] = head
+        self.count[bucket] += len(pages)
 
     def bucket(self, b: int) -> list[int]:
         """The pages of bucket b (0..15 anon, 16..31 cache) from the tail (the order

@@ -21,7 +21,8 @@ the access streams do not depend on ``cache``; only the LRU list a page lives on
 
 Per-page state lives in arrays so the guest scales to 16,777,216 pages: ``pte_gpa[p]`` (the
 page's first mapping), ``chain[j * mappings + t]`` (the ptes of shared page j in
-page_referenced's visit order), ``is_cache[p]`` (1 for a page-cache page), and per process
+page_referenced's visit order), ``is_cache[p]`` (1 for a page-cache page; ``order_is_cache`` the same
+in fault order), and per process
 the virtual addresses and pte gpas of its mappings in address order.
 """
 
@@ -100,6 +101,7 @@ class UserMemory:
         pos = [0] * nproc
         live = [q for q in range(nproc) if lengths[q][0] + lengths[q][1]]
         order = array("i")
+        self.order_is_cache = order_is_cache = bytearray()  # is_cache in fault order
         runs: list[tuple[int, int, int]] = []
         while live:
             i = rng.randrange(len(live))
@@ -111,11 +113,13 @@ class UserMemory:
                 first, stop = seg_bounds[q] + at, seg_bounds[q] + min(end, seg_len)
                 runs.append((q, first, stop - first))
                 order.extend(range(first, stop))
+                order_is_cache += is_cache[first:stop]
             if end > seg_len:  # the private part
                 first = priv_bounds[q] + max(at, seg_len) - seg_len
                 stop = priv_bounds[q] + end - seg_len
                 runs.append((q, first, stop - first))
                 order.extend(range(first, stop))
+                order_is_cache += is_cache[first:stop]
             pos[q] = end
             if end >= seg_len + priv_len:
                 live.pop(i)

@@ -120,8 +120,7 @@ class AgingZone(Scanner):
         self.count = [0] * heads
         # lru_cache_add in fault order: list_add at the head of INITIAL_AGE of the page's list
         # (the two lists are independent, so each takes its pages in one go).
-        order = um.fault_order
-        cached = bytes(map(um.is_cache.__getitem__, order))
+        order, cached = um.fault_order, um.order_is_cache
         self._add_heads(array("i", compress(order, cached.translate(_FLIP))), ANON + INITIAL_AGE)
         self._add_heads(array("i", compress(order, cached)), CACHE + INITIAL_AGE)
         self.age_interval = HZ

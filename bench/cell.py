@@ -139,11 +139,13 @@ def run_cells(policy_specs: Sequence[PolicySpec], workload: str, params: dict[st
     Yields ``(-1, record)`` first when ``record_oracle`` (bench.oracle.record's compact record),
     then ``(i, CellResult)`` for policy ``i`` as each finishes, in order. The results are the
     ones ``run_cell`` gives each policy alone."""
-    policies = [make_policy(spec) for spec in policy_specs]
+    policies: list[Policy | None] = [make_policy(spec) for spec in policy_specs]
     need_trace = record_oracle or any(getattr(p, "needs_trace", False) for p in policies)
     if not need_trace and len(policies) < 2:  # nothing to share: the policy generates its stream
-        for i, policy in enumerate(policies):
-            yield i, _generated(policy, workload, params, seed)
+        for i in range(len(policies)):
+            with gc_paused():
+                result = _generated(_take(policies, i), workload, params, seed)
+            yield i, result
         return
 
     with gc_paused():
@@ -155,19 +157,37 @@ def run_cells(policy_specs: Sequence[PolicySpec], workload: str, params: dict[st
             trace = _record(run, recording, need_trace)
         if record_oracle:
             yield -1, oracle.compact(trace)
-        for i, policy in enumerate(policies):
-            if getattr(policy, "needs_trace", False):
-                policy.use_trace(trace)
-            if recording.usable:
-                with gc_paused():
-                    result = _replayed(policy, recording, initial, mode, cr3s, run.sizes)
-                if result is not None:
-                    yield i, result
-                    continue
-                policy = make_policy(policy_specs[i])  # a read differed: generate (fresh state)
-                if getattr(policy, "needs_trace", False):
-                    policy.use_trace(trace)
-            yield i, _generated(policy, workload, params, seed)
+        for i in range(len(policies)):
+            # The policy is taken out of the list: once its run returns, nothing refers to it or
+            # to the executor it is attached to, and the pause's collection frees them.
+            with gc_paused():
+                result = _policy_run(_take(policies, i), policy_specs[i], trace, recording,
+                                     initial, run, workload, params, seed)
+            yield i, result
+
+
+def _take(policies: list[Policy | None], i: int) -> Policy:
+    """Policy ``i``, its slot emptied (the list no longer keeps it, or its executor, alive)."""
+    policy = policies[i]
+    assert policy is not None
+    policies[i] = None
+    return policy
+
+
+def _policy_run(policy: Policy, spec: PolicySpec, trace: Any, recording: OpRecording,
+                initial: GuestMemory, run: GuestRun, workload: str, params: dict[str, Any],
+                seed: int) -> CellResult:
+    """``policy`` replaying the recorded run, or on a stream of its own if a read differed."""
+    if getattr(policy, "needs_trace", False):
+        policy.use_trace(trace)
+    if recording.usable:
+        result = _replayed(policy, recording, initial, run.guest.mode, list(run.cr3s), run.sizes)
+        if result is not None:
+            return result
+        policy = make_policy(spec)  # a read differed: generate (fresh state)
+        if getattr(policy, "needs_trace", False):
+            policy.use_trace(trace)
+    return _generated(policy, workload, params, seed)
 
 
 def _record(run: GuestRun, recording: OpRecording, need_trace: bool) -> Any:

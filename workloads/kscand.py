@@ -113,8 +113,9 @@ class AgingZone(Scanner):
         self.quirk = anon_count_quirk
         self.base = n  # node n + b is the head of bucket b
         heads = 2 * (MAX_AGE + 1)
-        self.nxt = nxt = array("i", range(1, n + heads + 1))
-        self.prv = prv = array("i", range(-1, n + heads - 1))
+        # Every page is linked into a bucket below, so only the heads need initial links.
+        self.nxt = nxt = array("i", bytes(4 * (n + heads)))
+        self.prv = prv = array("i", bytes(4 * (n + heads)))
         for b in range(heads):
             nxt[n + b] = prv[n + b] = n + b
         self.count = [0] * heads

@@ -95,14 +95,15 @@ class UserMemory:
         maps_segment = [[(k + t) % nproc for t in range(m)] for k in range(nproc)]
 
         # The fault-in order: each process's stream is its segment then its private pages; a
-        # chunk of it is one or two runs of consecutive page indices (owner, first page, count).
+        # chunk of it is one or two runs of consecutive page indices (``runs``: owner, first
+        # page, count, flat).
         lengths = [(seg_bounds[q + 1] - seg_bounds[q], priv_bounds[q + 1] - priv_bounds[q])
                    for q in range(nproc)]
         pos = [0] * nproc
         live = [q for q in range(nproc) if lengths[q][0] + lengths[q][1]]
         order = array("i")
         self.order_is_cache = order_is_cache = bytearray()  # is_cache in fault order
-        runs: list[tuple[int, int, int]] = []
+        runs = array("i")
         while live:
             i = rng.randrange(len(live))
             q = live[i]
@@ -111,13 +112,13 @@ class UserMemory:
             at, end = pos[q], min(pos[q] + n, seg_len + priv_len)
             if at < seg_len:  # the segment's part of the chunk
                 first, stop = seg_bounds[q] + at, seg_bounds[q] + min(end, seg_len)
-                runs.append((q, first, stop - first))
+                runs.extend((q, first, stop - first))
                 order.extend(range(first, stop))
                 order_is_cache += is_cache[first:stop]
             if end > seg_len:  # the private part
                 first = priv_bounds[q] + max(at, seg_len) - seg_len
                 stop = priv_bounds[q] + end - seg_len
-                runs.append((q, first, stop - first))
+                runs.extend((q, first, stop - first))
                 order.extend(range(first, stop))
                 order_is_cache += is_cache[first:stop]
             pos[q] = end
@@ -137,7 +138,8 @@ class UserMemory:
             slot_of[ins] = pos_
         self._tables: dict[tuple[int, int], int] = {}  # (process, large-page index) -> pt gfn
         entries, shm_base = guest.mode.entries, self.shm_base
-        for q, p, n in runs:
+        for k in range(0, len(runs), 3):
+            q, p, n = runs[k], runs[k + 1], runs[k + 2]
             shared_run = p < nshared
             owners = maps_segment[q] if shared_run else [q]
             while n:

@@ -49,6 +49,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterator
 from itertools import compress
+from operator import not_
 
 from mypy_extensions import mypyc_attr
 
@@ -97,8 +98,6 @@ ANON = 0
 """Bucket index of anon age 0: anon bucket ``age`` is ANON + age (0..15)."""
 CACHE = MAX_AGE + 1
 """Bucket index of cache age 0: cache bucket ``age`` is CACHE + age (16..31)."""
-_FLIP = bytes.maketrans(b"\x00\x01", b"\x01\x00")
-"""Swaps 0 and 1: the anon pages' flags from the cache pages'."""
 
 
 class AgingZone(Scanner):
@@ -122,8 +121,9 @@ class AgingZone(Scanner):
         # lru_cache_add in fault order: list_add at the head of INITIAL_AGE of the page's list
         # (the two lists are independent, so each takes its pages in one go).
         order, cached = um.fault_order, um.order_is_cache
-        self._add_heads(array("i", compress(order, cached.translate(_FLIP))), ANON + INITIAL_AGE)
-        self._add_heads(array("i", compress(order, cached)), CACHE + INITIAL_AGE)
+        self._add_heads(compress(order, map(not_, cached)), ANON + INITIAL_AGE,
+                        len(order) - cached.count(1))
+        self._add_heads(compress(order, cached), CACHE + INITIAL_AGE, cached.count(1))
         self.age_interval = HZ
         self.age_next = 0
         self.need_scan = 0
@@ -141,8 +141,8 @@ class AgingZone(Scanner):
         nxt[head] = p
         self.count[bucket] += 1
 
-    def _add_heads(self, pages: array, bucket: int) -> None:
-        """``_add_head(p, bucket)`` for every p of ``pages`` in order."""
+    def _add_heads(self, pages: Iterator[int], bucket: int, n: int) -> None:
+        """``_add_head(p, bucket)`` for every p of the ``n`` ``pages``, in order."""
         nxt, prv = self.nxt, self.prv
         head = self.base + bucket
         after = nxt[head]
@@ -152,7 +152,7 @@ class AgingZone(Scanner):
             after = p
         nxt[head] = after
         prv[after] = head
-        self.count[bucket] += len(pages)
+        self.count[bucket] += n
 
     def bucket(self, b: int) -> list[int]:
         """The pages of bucket b (0..15 anon, 16..31 cache) from the tail (the order

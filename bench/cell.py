@@ -17,10 +17,11 @@ where the kernel never looks), while KVM's unsync is caught two thirds of the wa
 run (its first pass leaves ptes young that natively were cleared) and generates its own.
 
 Every simulation here (the native run, each policy's replay or generated run) runs with the
-cyclic garbage collector paused (``gc_paused``): a guest run allocates millions of objects that
-live until it ends, so the collector's full collections found nothing to free and cost a fifth
-of a run; one collection after each simulation frees what it left in cycles (zapped shadow
-pages and their parents), so memory stays that of one policy's run at a time.
+cyclic garbage collector paused (``gc_paused``): a guest run allocates many objects that
+live until it ends, which the collector's repeated full collections walked for little (issue
+17's profile of the compiled build: about a fifth of a single-cell run); one collection after
+each simulation frees what it left in cycles (an executor, its policy, its shadow pages and
+their parents), so memory stays that of one policy's run at a time (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -150,7 +151,6 @@ def run_cells(policy_specs: Sequence[PolicySpec], workload: str, params: dict[st
 
     with gc_paused():
         run = build_run(workload, params, seed)
-        mode, cr3s = run.guest.mode, list(run.cr3s)
         initial = run.guest.mem.copy()
     with OpRecording() as recording:
         with gc_paused():

@@ -21,9 +21,10 @@ the access streams do not depend on ``cache``; only the LRU list a page lives on
 
 Per-page state lives in arrays so the guest scales to 16,777,216 pages: ``pte_gpa[p]`` (the
 page's first mapping), ``chain[j * mappings + t]`` (the ptes of shared page j in
-page_referenced's visit order), ``is_cache[p]`` (1 for a page-cache page; ``order_is_cache`` the same
-in fault order), and per process
-the virtual addresses and pte gpas of its mappings in address order.
+page_referenced's visit order), ``is_cache[p]`` (1 for a page-cache page; ``order_is_cache``
+the same flags in fault order), and per process the virtual addresses and pte gpas of its
+mappings in address order. The build writes the ptes of consecutive pages as array slices, so
+it costs about a microsecond per page (docs/performance.md, "Issue 17: cheap wins").
 """
 
 from __future__ import annotations

@@ -131,18 +131,8 @@ class AgingZone(Scanner):
         self.visited: list[tuple[int, int]] = []
 
     # -- list primitives (include/linux/list.h on array nodes) ---------------------------------
-    def _add_head(self, p: int, bucket: int) -> None:
-        nxt, prv = self.nxt, self.prv
-        head = self.base + bucket
-        first = nxt[head]
-        nxt[p] = first
-        prv[p] = head
-        prv[first] = p
-        nxt[head] = p
-        self.count[bucket] += 1
-
     def _add_heads(self, pages: Iterator[int], bucket: int, n: int) -> None:
-        """``_add_head(p, bucket)`` for every p of the ``n`` ``pages``, in order."""
+        """list_add(p, bucket's head) for every p of the ``n`` ``pages``, in order."""
         nxt, prv = self.nxt, self.prv
         head = self.base + bucket
         after = nxt[head]

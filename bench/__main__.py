@@ -305,18 +305,26 @@ def _execute_locked(args: argparse.Namespace, experiment: exp.Experiment, out: s
         with Deferred():
             write_report(doc, [], out)
         return doc, None
-    signum = draw_charts_and_report(doc, out, jobs, progress)
+    signum = draw_charts_and_report(doc, out, jobs, progress, draw=args.json != "-")
     if signum:
         return doc, 128 + signum
     return doc, None
 
 
 def draw_charts_and_report(doc: dict[str, Any], out: str, jobs: int,
-                           progress: "Progress | None") -> int | None:
+                           progress: "Progress | None", draw: bool = True) -> int | None:
     """Charts, then report.md; SIGINT/SIGTERM while drawing stops the charts (the results are
-    already written), keeps report.md consistent and returns the signal."""
+    already written), keeps report.md consistent and returns the signal. ``draw`` False (a run
+    printing its document, ``--json -``) draws none: the charts already drawn of these very
+    results are kept, any other chart file is removed (bench.plots.keep_drawn)."""
     from bench.report import write_report
 
+    if not draw:
+        from bench.plots import keep_drawn
+
+        with Deferred():
+            write_report(doc, keep_drawn(doc, os.path.join(out, CHARTS_DIR)), out)
+        return None
     if progress:
         progress.phase("charts")
     stop: list[int] = []

@@ -15,12 +15,21 @@ bit clear that the native guest sees set, but the reads decide, for them as for 
 kscand, xen-oos and tdp read what the native guest reads to the end (their A bits differ only
 where the kernel never looks), while KVM's unsync is caught two thirds of the way through the
 run (its first pass leaves ptes young that natively were cleared) and generates its own.
+
+Every simulation here (the native run, each policy's replay or generated run) runs with the
+cyclic garbage collector paused (``gc_paused``): a guest run allocates many objects that
+live until it ends, which the collector's repeated full collections walked for little (issue
+17's profile of the compiled build: about a fifth of a single-cell run); one collection after
+each simulation frees what it left in cycles (an executor, its policy, its shadow pages and
+their parents), so memory stays that of one policy's run at a time (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import gc
 import random
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +57,22 @@ class CellResult:
     counters: dict[str, int]
     marks: list[tuple[int, dict[str, int]]] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector disabled inside the block; afterwards, even when the block
+    raises, its previous state is restored and, if it was enabled, one full collection frees the
+    cycles the block left (call it around a simulation whose executor is already unreachable
+    when the block ends, so that its shadow pages are freed)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+            gc.collect()
 
 
 def build_run(workload: str, params: dict[str, Any], seed: int) -> GuestRun:
@@ -92,6 +117,12 @@ def _result(machine, n: int, sizes: dict[str, int]) -> CellResult:
 def _generated(policy: Policy | None, workload: str, params: dict[str, Any], seed: int,
                check: bool = False) -> CellResult:
     """Run ``policy`` (None: natively) on a freshly built run that generates its own stream."""
+    with gc_paused():
+        return _generate(policy, workload, params, seed, check)
+
+
+def _generate(policy: Policy | None, workload: str, params: dict[str, Any], seed: int,
+              check: bool) -> CellResult:
     run = build_run(workload, params, seed)
     machine = executor_for(run, policy)
     step = machine.step
@@ -111,49 +142,83 @@ def run_cells(policy_specs: Sequence[PolicySpec], workload: str, params: dict[st
     Yields ``(-1, record)`` first when ``record_oracle`` (bench.oracle.record's compact record),
     then ``(i, CellResult)`` for policy ``i`` as each finishes, in order. The results are the
     ones ``run_cell`` gives each policy alone."""
-    policies = [make_policy(spec) for spec in policy_specs]
+    policies: list[Policy | None] = [make_policy(spec) for spec in policy_specs]
     need_trace = record_oracle or any(getattr(p, "needs_trace", False) for p in policies)
     if not need_trace and len(policies) < 2:  # nothing to share: the policy generates its stream
-        for i, policy in enumerate(policies):
-            yield i, _generated(policy, workload, params, seed)
+        for i in range(len(policies)):
+            with gc_paused():
+                result = _generated(_take(policies, i), workload, params, seed)
+            yield i, result
         return
 
-    run = build_run(workload, params, seed)
-    mode, cr3s = run.guest.mode, list(run.cr3s)
-    initial = run.guest.mem.copy()
-    fast = core.native_execution(run.guest.mem, mode.pae, cr3s, need_trace)
-    native = fast or (oracle.Recorder if need_trace else NativeMachine)(run.guest.mem, mode, cr3s)
+    with gc_paused():
+        run = build_run(workload, params, seed)
+        initial = run.guest.mem.copy()
     with OpRecording() as recording:
-        try:
-            if fast is not None:
-                fast.run_recorded(recording, run.ops, run.guest.mem)
-            else:
-                native.run(recording.tee(run.ops, run.guest.mem))
-            trace = native.finish() if need_trace else None
-        except Exception as err:
-            err.add_note(NATIVE_RUN_NOTE)
-            raise
+        with gc_paused():
+            trace = _record(run, recording, need_trace)
         if record_oracle:
             yield -1, oracle.compact(trace)
-        for i, policy in enumerate(policies):
-            if getattr(policy, "needs_trace", False):
-                policy.use_trace(trace)
-            if recording.usable:
-                done = core.replay(recording, policy, initial, mode.pae, cr3s)
-                if done is False:  # not a policy the native core runs: the Python executor
-                    mem = initial.copy()
-                    machine = machine_for(policy, mem, mode, cr3s)
-                    n = recording.run(machine.step, mem)
-                    if n is not None:
-                        yield i, _result(machine, n, run.sizes)
-                        continue
-                elif done is not None:
-                    yield i, _result(done, done.done, run.sizes)
-                    continue
-                policy = make_policy(policy_specs[i])  # a read differed: generate (fresh state)
-                if getattr(policy, "needs_trace", False):
-                    policy.use_trace(trace)
-            yield i, _generated(policy, workload, params, seed)
+        for i in range(len(policies)):
+            # The policy is taken out of the list: once its run returns, nothing refers to it or
+            # to the executor it is attached to, and the pause's collection frees them.
+            with gc_paused():
+                result = _policy_run(_take(policies, i), policy_specs[i], trace, recording,
+                                     initial, run, workload, params, seed)
+            yield i, result
+
+
+def _take(policies: list[Policy | None], i: int) -> Policy:
+    """Policy ``i``, its slot emptied (the list no longer keeps it, or its executor, alive)."""
+    policy = policies[i]
+    assert policy is not None
+    policies[i] = None
+    return policy
+
+
+def _policy_run(policy: Policy, spec: PolicySpec, trace: Any, recording: OpRecording,
+                initial: GuestMemory, run: GuestRun, workload: str, params: dict[str, Any],
+                seed: int) -> CellResult:
+    """``policy`` replaying the recorded run, or on a stream of its own if a read differed."""
+    if getattr(policy, "needs_trace", False):
+        policy.use_trace(trace)
+    if recording.usable:
+        result = _replayed(policy, recording, initial, run.guest.mode, list(run.cr3s), run.sizes)
+        if result is not None:
+            return result
+        policy = make_policy(spec)  # a read differed: generate (fresh state)
+        if getattr(policy, "needs_trace", False):
+            policy.use_trace(trace)
+    return _generated(policy, workload, params, seed)
+
+
+def _record(run: GuestRun, recording: OpRecording, need_trace: bool) -> Any:
+    """Execute ``run`` natively into ``recording``; the oracle's trace when ``need_trace``."""
+    mode, cr3s = run.guest.mode, list(run.cr3s)
+    fast = core.native_execution(run.guest.mem, mode.pae, cr3s, need_trace)
+    native = fast or (oracle.Recorder if need_trace else NativeMachine)(run.guest.mem, mode, cr3s)
+    try:
+        if fast is not None:  # the native core: execution, the oracle's record and tee in C
+            fast.run_recorded(recording, run.ops, run.guest.mem)
+        else:
+            native.run(recording.tee(run.ops, run.guest.mem))
+        return native.finish() if need_trace else None
+    except Exception as err:
+        err.add_note(NATIVE_RUN_NOTE)
+        raise
+
+
+def _replayed(policy: Policy, recording: OpRecording, initial: GuestMemory, mode: Mode,
+              cr3s: list[int], sizes: dict[str, int]) -> CellResult | None:
+    """``policy`` on the recording, from a copy of the initial memory; None if a read differed.
+    The native core replays it when it runs this policy (bench.core), else the Python executor."""
+    done = core.replay(recording, policy, initial, mode.pae, cr3s)
+    if done is not False:
+        return None if done is None else _result(done, done.done, sizes)
+    mem = initial.copy()
+    machine = machine_for(policy, mem, mode, cr3s)
+    n = recording.run(machine.step, mem)
+    return None if n is None else _result(machine, n, sizes)
 
 
 def run_cell(policy_spec: PolicySpec | None, workload: str, params: dict[str, Any], seed: int,

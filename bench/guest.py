@@ -104,6 +104,14 @@ class Guest:
         self._next_high += 1
         return gfn
 
+    def alloc_high_run(self, n: int) -> int:
+        """``n`` consecutive highmem pages (``n`` alloc_high calls in a row); the first gfn."""
+        gfn = self._next_high
+        if gfn + n > self.lowmem_pages + self.highmem_pages:
+            raise BenchError("guest highmem exhausted; raise highmem or lower the load")
+        self._next_high += n
+        return gfn
+
     def alloc_table(self) -> int:
         """A page for a page table (cleared, as pte_alloc_one/pgd_alloc do)."""
         gfn = self.alloc_low()

@@ -3,6 +3,7 @@
     python -m bench.perf -o perf.json                  # speed suite (pyperf Runner options apply)
     python -m pyperf compare_to old.json perf.json     # compare two versions
     python -m bench.perf --memory                      # peak resident memory of cells and of a run
+    python -m bench.perf --scaling [MIB...]            # a kscand PAE cell from 256 MiB to 64 GiB
 
 Speed benchmarks time the simulation of a fixed number of guest operations (generation and
 execution, the guest's boot excluded), with ``inner_loops`` = operations, so pyperf reports
@@ -329,8 +330,58 @@ def replay_memory_suite() -> None:
               f"{r['peak_rss_mib']:5.1f} MiB")
 
 
+SCALING_MIB = (256, 1024, 4096, 16384, 65536)
+SCALING_PARAMS = {"processes": 32, "shared": 0.01, "seconds": 0.3}
+"""The guest of the scaling table (docs/performance.md): the memory suite's 64 GiB guest at
+every size (32 processes, 1% shared pages, 0.3 guest seconds: boot, every process's ptes, and
+the user processes' accesses up to kscand's first pass: 12,002 operations at every size)."""
+
+
+def _scaling_cell(mib: float) -> dict:
+    """One kscand PAE flood-count cell of ``mib`` MiB highmem in a fresh process: the guest's
+    build (bench.cell.build_run) and the simulation timed apart, peak RSS after each."""
+    params = dict(SCALING_PARAMS, highmem_mib=float(mib))
+    code = (
+        "import json, resource, time\n"
+        "import bench.cell as cell\n"
+        "info = {}\n"
+        "build = cell.build_run\n"
+        "def timed(*args):\n"
+        "    t = time.perf_counter(); run = build(*args)\n"
+        "    info['build_s'] = time.perf_counter() - t\n"
+        "    info['build_rss_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "    return run\n"
+        "cell.build_run = timed\n"
+        f"t = time.perf_counter(); r = cell.run_cell('flood-count', 'kscand', {params!r}, 0)\n"
+        "info['cell_s'] = time.perf_counter() - t\n"
+        "info['sim_s'] = info['cell_s'] - info['build_s']\n"
+        "info['peak_rss_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "info['ops'] = r.guest_ops; info['pages'] = r.sizes['pages']\n"
+        "print(json.dumps(info))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def scaling_suite(extra: list[str]) -> None:
+    """The scaling table: per size, build and simulation wall time and peak RSS, and the cost
+    per page (MIB arguments choose the sizes; default SCALING_MIB)."""
+    sizes = [float(a) for a in extra if a.replace(".", "", 1).isdigit()] or SCALING_MIB
+    print(f"{'highmem':>9} {'pages':>10} {'build s':>8} {'us/page':>8} {'build MiB':>9} "
+          f"{'sim s':>6} {'ops':>6} {'cell s':>7} {'peak MiB':>8} {'B/page':>6}")
+    for mib in sizes:
+        r = _scaling_cell(mib)
+        pages = r["pages"]
+        print(f"{mib:>6.0f} Mi {pages:>10,} {r['build_s']:>8.2f} "
+              f"{1e6 * r['build_s'] / pages:>8.2f} {r['build_rss_mib']:>9.0f} "
+              f"{r['sim_s']:>6.2f} {r['ops']:>6} {r['cell_s']:>7.2f} {r['peak_rss_mib']:>8.0f} "
+              f"{r['peak_rss_mib'] * 2**20 / pages:>6.0f}", flush=True)
+
+
 def main() -> None:
-    if "--replay-memory" in sys.argv:
+    if "--scaling" in sys.argv:
+        scaling_suite(sys.argv[1:])
+    elif "--replay-memory" in sys.argv:
         replay_memory_suite()
     elif "--memory" in sys.argv:
         memory_suite(sys.argv[1:])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -11,7 +12,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _tiny_workload  # noqa: E402
-from _harness_util import bench, has_policies, has_workloads  # noqa: E402
+from _harness_util import (ROOT, TINY_MAIN, bench, env, has_policies,  # noqa: E402
+                           has_workloads)
 
 from bench import costs, results  # noqa: E402
 from bench.__main__ import main  # noqa: E402
@@ -114,6 +116,50 @@ def test_json_dash_prints_only_the_document(tiny, capsys, tmp_path):
     doc = results.loads(out)
     assert doc["complete"] and len(doc["records"]) == 4
     assert (tmp_path / "o" / "results.json").exists()
+
+
+def _chart_files(folder) -> list[str]:
+    return sorted(f for f in os.listdir(folder) if not f.startswith(".")) \
+        if os.path.isdir(folder) else []
+
+
+def test_json_dash_draws_no_charts_and_never_imports_matplotlib(tmp_path):
+    """A run whose output is the document on stdout draws no chart: matplotlib is imported
+    neither by the run nor by a forked worker (``-X importtime`` lists every process's imports
+    on stderr). The charts a run drew of the very same results are kept and embedded in
+    report.md; a run of other results removes them."""
+    out = tmp_path / "o"
+
+    def run(*extra: str, json_dash: bool = True) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-X", "importtime", TINY_MAIN, "run", *TINY, *extra,
+               "--out", str(out)] + (["--json", "-"] if json_dash else [])
+        proc = subprocess.run(cmd, cwd=ROOT, env=env(charts=True), capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    def imported(proc: subprocess.CompletedProcess) -> set[str]:
+        return {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+
+    proc = run()
+    assert results.loads(proc.stdout)["complete"]
+    assert "bench.runner" in imported(proc)  # the listing works
+    assert not {m for m in imported(proc) if m.split(".")[0] == "matplotlib"}
+    assert _chart_files(out / "charts") == []
+    assert "charts/" not in (out / "report.md").read_text()
+
+    drawn = run(json_dash=False)
+    assert "matplotlib" in imported(drawn)
+    charts = _chart_files(out / "charts")
+    assert "cycles-tiny.png" in charts
+    proc = run()  # the same results: the charts drawn of them stay
+    assert not {m for m in imported(proc) if m.split(".")[0] == "matplotlib"}
+    assert _chart_files(out / "charts") == charts
+    assert "charts/cycles-tiny" in (out / "report.md").read_text()
+    run("--seeds", "3")  # other results: no chart of the old ones is left beside them
+    assert _chart_files(out / "charts") == []
+    assert "charts/" not in (out / "report.md").read_text()
 
 
 def test_json_path_and_summary_table(tiny_charts, capsys, tmp_path):

@@ -21,8 +21,10 @@ the access streams do not depend on ``cache``; only the LRU list a page lives on
 
 Per-page state lives in arrays so the guest scales to 16,777,216 pages: ``pte_gpa[p]`` (the
 page's first mapping), ``chain[j * mappings + t]`` (the ptes of shared page j in
-page_referenced's visit order), ``is_cache[p]`` (1 for a page-cache page), and per process
-the virtual addresses and pte gpas of its mappings in address order.
+page_referenced's visit order), ``is_cache[p]`` (1 for a page-cache page; ``order_is_cache``
+the same flags in fault order), and per process the virtual addresses and pte gpas of its
+mappings in address order. The build writes the ptes of consecutive pages as array slices, so
+it costs about a microsecond per page (docs/performance.md, "Issue 17: cheap wins").
 """
 
 from __future__ import annotations
@@ -93,75 +95,65 @@ class UserMemory:
         # Which processes map segment k: k, k+1, ..., k+m-1 (mod P).
         maps_segment = [[(k + t) % nproc for t in range(m)] for k in range(nproc)]
 
-        # The fault-in order: each process's stream is its segment then its private pages.
-        streams = [list(range(seg_bounds[q], seg_bounds[q + 1]))
-                   + list(range(priv_bounds[q], priv_bounds[q + 1])) for q in range(nproc)]
+        # The fault-in order: each process's stream is its segment then its private pages; a
+        # chunk of it is one or two runs of consecutive page indices (``runs``: owner, first
+        # page, count, flat).
+        lengths = [(seg_bounds[q + 1] - seg_bounds[q], priv_bounds[q + 1] - priv_bounds[q])
+                   for q in range(nproc)]
         pos = [0] * nproc
-        live = [q for q in range(nproc) if streams[q]]
+        live = [q for q in range(nproc) if lengths[q][0] + lengths[q][1]]
         order = array("i")
+        self.order_is_cache = order_is_cache = bytearray()  # is_cache in fault order
+        runs = array("i")
         while live:
             i = rng.randrange(len(live))
             q = live[i]
             n = rng.randint(1, 64)
-            stream = streams[q]
-            order.extend(stream[pos[q]:pos[q] + n])
-            pos[q] += n
-            if pos[q] >= len(stream):
+            seg_len, priv_len = lengths[q]
+            at, end = pos[q], min(pos[q] + n, seg_len + priv_len)
+            if at < seg_len:  # the segment's part of the chunk
+                first, stop = seg_bounds[q] + at, seg_bounds[q] + min(end, seg_len)
+                runs.extend((q, first, stop - first))
+                order.extend(range(first, stop))
+                order_is_cache += is_cache[first:stop]
+            if end > seg_len:  # the private part
+                first = priv_bounds[q] + max(at, seg_len) - seg_len
+                stop = priv_bounds[q] + end - seg_len
+                runs.extend((q, first, stop - first))
+                order.extend(range(first, stop))
+                order_is_cache += is_cache[first:stop]
+            pos[q] = end
+            if end >= seg_len + priv_len:
                 live.pop(i)
-        del streams
         self.fault_order = order
 
         # Allocate data pages in fault order; write every mapping's pte (tables allocated on
         # first use, interleaved with the data pages, as pte_alloc_one does under HIGHPTE).
-        mem, pae = guest.mem, guest.pae
-        shift = guest.mode.large_shift
-        emask = guest.mode.entries - 1
+        # A run is written in pieces that stay within one page table of every mapping: the
+        # piece's first page may allocate tables, the others then take consecutive frames and
+        # are written in bulk (the same frames, ptes and order as page by page).
         self.pte_gpa = array("q", bytes(8 * pages))
         self.chain = array("q", bytes(8 * nshared * m))
-        visit = chain_order(m)
-        slot_of = {ins: pos_ for pos_, ins in enumerate(visit)}
-        seg_of = array("i", bytes(4 * max(nshared, 1)))
-        for k in range(nproc):
-            for j in range(seg_bounds[k], seg_bounds[k + 1]):
-                seg_of[j] = k
-        owner_priv = array("i", bytes(4 * pages))
-        for q in range(nproc):
-            for p in range(priv_bounds[q], priv_bounds[q + 1]):
-                owner_priv[p] = q
-        tables: dict[tuple[int, int], array] = {}
-        table_gfn: dict[tuple[int, int], int] = {}
-        procs = self.procs
-        shm_base = self.shm_base
-        for p in order:
-            gfn = guest.alloc_high()
-            value = (gfn << 12) | PTE_FLAGS
-            if p < nshared:
-                vaddr = shm_base + p * 4096
-                targets = [(q, vaddr) for q in maps_segment[seg_of[p]]]
-            else:
-                q = owner_priv[p]
-                targets = [(q, PRIVATE_BASE + (p - priv_bounds[q]) * 4096)]
-            for t, (q, vaddr) in enumerate(targets):
-                key = (q, vaddr >> shift)
-                table = tables.get(key)
-                if table is None:
-                    tgfn = guest.page_table_for(procs[q], vaddr)
-                    assert tgfn is not None  # allocated on demand
-                    table_gfn[key] = tgfn
-                    table = tables[key] = mem.tables[tgfn]
-                i = (vaddr >> 12) & emask
-                if pae:
-                    table[2 * i] = value & 0xFFFFFFFF
-                    table[2 * i + 1] = value >> 32
-                    gpa = (table_gfn[key] << 12) + 8 * i
-                else:
-                    table[i] = value
-                    gpa = (table_gfn[key] << 12) + 4 * i
-                if t == 0:
-                    self.pte_gpa[p] = gpa
-                if p < nshared:
-                    self.chain[p * m + slot_of[t]] = gpa
-        self.page_tables = len(tables)
+        slot_of = [0] * m
+        for pos_, ins in enumerate(chain_order(m)):
+            slot_of[ins] = pos_
+        self._tables: dict[tuple[int, int], int] = {}  # (process, large-page index) -> pt gfn
+        entries, shm_base = guest.mode.entries, self.shm_base
+        for k in range(0, len(runs), 3):
+            q, p, n = runs[k], runs[k + 1], runs[k + 2]
+            shared_run = p < nshared
+            owners = maps_segment[q] if shared_run else [q]
+            while n:
+                vaddr = (shm_base + p * 4096 if shared_run
+                         else PRIVATE_BASE + (p - priv_bounds[q]) * 4096)
+                c = min(n, entries - ((vaddr >> 12) & (entries - 1)))
+                self._map_page(p, guest.alloc_high(), owners, vaddr, shared_run, slot_of)
+                if c > 1:
+                    self._map_run(p + 1, guest.alloc_high_run(c - 1), c - 1, owners,
+                                  vaddr + 4096, shared_run, slot_of)
+                p += c
+                n -= c
+        self.page_tables = len(self._tables)
 
         # Per process: its mappings in address order (private pages, then its segments).
         self.vaddrs: list[array] = []
@@ -170,16 +162,77 @@ class UserMemory:
         for q in range(nproc):
             va = array("I", range(PRIVATE_BASE, PRIVATE_BASE
                                   + (priv_bounds[q + 1] - priv_bounds[q]) * 4096, 4096))
-            ptes = array("q", (self.pte_gpa[p] for p in range(priv_bounds[q], priv_bounds[q + 1])))
+            ptes = self.pte_gpa[priv_bounds[q]:priv_bounds[q + 1]]
             self.shared_from.append(len(va))
             for k in range(nproc):
                 if q in maps_segment[k]:
-                    t = maps_segment[k].index(q)
-                    for j in range(seg_bounds[k], seg_bounds[k + 1]):
-                        va.append(shm_base + j * 4096)
-                        ptes.append(self.chain[j * m + slot_of[t]])
+                    s = slot_of[maps_segment[k].index(q)]
+                    a, b = seg_bounds[k], seg_bounds[k + 1]
+                    va.extend(range(shm_base + a * 4096, shm_base + b * 4096, 4096))
+                    ptes.extend(self.chain[a * m + s:b * m + s:m])
             self.vaddrs.append(va)
             self.ptes.append(ptes)
+
+    def _table(self, q: int, vaddr: int) -> int:
+        """The gfn of process q's page table for ``vaddr``, allocated on first use."""
+        key = (q, vaddr >> self.guest.mode.large_shift)
+        tgfn = self._tables.get(key)
+        if tgfn is None:
+            found = self.guest.page_table_for(self.procs[q], vaddr)
+            assert found is not None  # allocated on demand
+            tgfn = self._tables[key] = found
+        return tgfn
+
+    def _map_page(self, p: int, gfn: int, owners: list[int], vaddr: int, shared_run: bool,
+                  slot_of: list[int]) -> None:
+        """Page p in frame gfn: its pte in every owner's table (allocating tables as needed)."""
+        guest = self.guest
+        value = (gfn << 12) | PTE_FLAGS
+        i = (vaddr >> 12) & (guest.mode.entries - 1)
+        for t, q in enumerate(owners):
+            tgfn = self._table(q, vaddr)
+            table = guest.mem.tables[tgfn]
+            if guest.pae:
+                table[2 * i] = value & 0xFFFFFFFF
+                table[2 * i + 1] = value >> 32
+                gpa = (tgfn << 12) + 8 * i
+            else:
+                table[i] = value
+                gpa = (tgfn << 12) + 4 * i
+            if t == 0:
+                self.pte_gpa[p] = gpa
+            if shared_run:
+                self.chain[p * self.mappings + slot_of[t]] = gpa
+
+    def _map_run(self, p: int, gfn: int, n: int, owners: list[int], vaddr: int,
+                 shared_run: bool, slot_of: list[int]) -> None:
+        """Pages p..p+n-1 in frames gfn..gfn+n-1 at consecutive vaddrs within one page table
+        of every owner (already allocated): the ptes written as slices."""
+        guest = self.guest
+        pae, esize = guest.pae, guest.mode.entry_size
+        i = (vaddr >> 12) & (guest.mode.entries - 1)
+        if pae and gfn >> 20 != (gfn + n - 1) >> 20:  # the high words differ within the run
+            for k in range(n):
+                self._map_page(p + k, gfn + k, owners, vaddr + k * 4096, shared_run, slot_of)
+            return
+        m = self.mappings
+        for t, q in enumerate(owners):
+            tgfn = self._table(q, vaddr)
+            table = guest.mem.tables[tgfn]
+            if pae:
+                low = ((gfn & 0xFFFFF) << 12) | PTE_FLAGS
+                table[2 * i:2 * (i + n):2] = array("I", range(low, low + n * 4096, 4096))
+                table[2 * i + 1:2 * (i + n):2] = array("I", [gfn >> 20]) * n
+            else:
+                first = (gfn << 12) | PTE_FLAGS
+                table[i:i + n] = array("I", range(first, first + n * 4096, 4096))
+            gpa = (tgfn << 12) + esize * i
+            gpas = array("q", range(gpa, gpa + n * esize, esize))
+            if t == 0:
+                self.pte_gpa[p:p + n] = gpas
+            if shared_run:
+                s = slot_of[t]
+                self.chain[p * m + s:(p + n) * m + s:m] = gpas
 
     def sizes(self) -> dict[str, int]:
         return {"pages": self.pages, "page_tables": self.page_tables,

@@ -48,6 +48,8 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterator
+from itertools import compress
+from operator import not_
 
 from mypy_extensions import mypyc_attr
 
@@ -110,14 +112,18 @@ class AgingZone(Scanner):
         self.quirk = anon_count_quirk
         self.base = n  # node n + b is the head of bucket b
         heads = 2 * (MAX_AGE + 1)
-        self.nxt = nxt = array("i", range(1, n + heads + 1))
-        self.prv = prv = array("i", range(-1, n + heads - 1))
+        # Every page is linked into a bucket below, so only the heads need initial links.
+        self.nxt = nxt = array("i", bytes(4 * (n + heads)))
+        self.prv = prv = array("i", bytes(4 * (n + heads)))
         for b in range(heads):
             nxt[n + b] = prv[n + b] = n + b
         self.count = [0] * heads
-        is_cache = um.is_cache
-        for p in um.fault_order:  # lru_cache_add: list_add at the head of INITIAL_AGE
-            self._add_head(p, CACHE + INITIAL_AGE if is_cache[p] else ANON + INITIAL_AGE)
+        # lru_cache_add in fault order: list_add at the head of INITIAL_AGE of the page's list
+        # (the two lists are independent, so each takes its pages in one go).
+        order, cached = um.fault_order, um.order_is_cache
+        self._add_heads(compress(order, map(not_, cached)), ANON + INITIAL_AGE,
+                        len(order) - cached.count(1))
+        self._add_heads(compress(order, cached), CACHE + INITIAL_AGE, cached.count(1))
         self.age_interval = HZ
         self.age_next = 0
         self.need_scan = 0
@@ -125,15 +131,18 @@ class AgingZone(Scanner):
         self.visited: list[tuple[int, int]] = []
 
     # -- list primitives (include/linux/list.h on array nodes) ---------------------------------
-    def _add_head(self, p: int, bucket: int) -> None:
+    def _add_heads(self, pages: Iterator[int], bucket: int, n: int) -> None:
+        """list_add(p, bucket's head) for every p of the ``n`` ``pages``, in order."""
         nxt, prv = self.nxt, self.prv
         head = self.base + bucket
-        first = nxt[head]
-        nxt[p] = first
-        prv[p] = head
-        prv[first] = p
-        nxt[head] = p
-        self.count[bucket] += 1
+        after = nxt[head]
+        for p in pages:
+            nxt[p] = after
+            prv[after] = p
+            after = p
+        nxt[head] = after
+        prv[after] = head
+        self.count[bucket] += n
 
     def bucket(self, b: int) -> list[int]:
         """The pages of bucket b (0..15 anon, 16..31 cache) from the tail (the order

@@ -122,6 +122,31 @@ def _draw(job: tuple[str, str, str, tuple[str, ...]]) -> dict[str, str]:
         style.pyplot().close(fig)
 
 
+def keep_drawn(doc: dict[str, Any], folder: str, formats: tuple[str, ...] = FORMATS,
+               width: str = "full") -> list[str]:
+    """Draw nothing (matplotlib is not imported): keep the charts of ``doc`` that ``folder``
+    already holds, unchanged since their drawing, and remove every other chart file, so the
+    folder never shows charts of other results beside this document. Returns the kept paths
+    (``run --json -``, whose output is the document on stdout, draws no charts)."""
+    if not os.path.isdir(folder):
+        return []
+    names = chart_names(doc)
+    manifest = cache.load(folder)
+    document = cache.document_digest(doc)
+    keys = {n: cache.chart_key(document, n, width) for n in names}
+    kept = {n: [f for f in formats if cache.fresh(manifest, folder, n, keys[n], f)]
+            for n in names}
+    paths = [os.path.join(folder, f"{n}.{f}") for n in names for f in kept[n]]
+    keep = {os.path.abspath(p) for p in paths}
+    for entry_name in os.listdir(folder):
+        path = os.path.abspath(os.path.join(folder, entry_name))
+        if entry_name.endswith(CHART_SUFFIXES) and path not in keep:
+            os.unlink(path)
+    cache.save(folder, {n: {"key": keys[n], "files": {f: manifest[n]["files"][f] for f in fs}}
+                        for n, fs in kept.items() if fs})
+    return paths
+
+
 def write_charts(doc: dict[str, Any], folder: str, jobs: int = 1,
                  formats: tuple[str, ...] = FORMATS, width: str = "full",
                  only: Iterable[str] | None = None) -> list[str]:

@@ -55,7 +55,7 @@ class GuestMemory:
             page = array("I", _ZERO_PAGE)
             base = gfn << 10
             words = self.words
-            for i in range(1024):
+            for i in range(1024 if words else 0):  # words written before: they move into it
                 value = words.pop(base + i, None)
                 if value is not None:
                     page[i] = value

@@ -1,0 +1,56 @@
+"""The cyclic garbage collector is paused while a guest run is simulated (bench.cell.gc_paused)
+and every simulation's cycles (shadow pages and their parents) are freed when it ends."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+import bench.cell as cell
+from bench.machine.shadow import ShadowMachine
+
+
+def test_gc_paused_restores_the_previous_state_even_on_an_exception():
+    assert gc.isenabled()
+    with cell.gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        with cell.gc_paused():
+            raise RuntimeError("boom")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with cell.gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # a caller that turned it off keeps it off
+    finally:
+        gc.enable()
+
+
+def _live_shadow_machines() -> int:
+    return sum(1 for o in gc.get_objects() if isinstance(o, ShadowMachine))
+
+
+def test_simulations_run_with_the_gc_off_and_leave_no_shadow_state(monkeypatch):
+    made = []
+    machine_for = cell.machine_for
+
+    def recording_machine_for(*args):
+        made.append(gc.isenabled())
+        return machine_for(*args)
+
+    monkeypatch.setattr(cell, "machine_for", recording_machine_for)
+    gc.collect()
+    before = _live_shadow_machines()
+    alive = []
+    for i, result in cell.run_cells(["flood-count", "always-emulate", "per-page-flood"],
+                                    "kscand", {"quick": True}, 0, record_oracle=True):
+        assert gc.isenabled()  # between simulations the collector is back on
+        alive.append(_live_shadow_machines() - before)
+    assert made == [False, False, False]  # every replay's machine made with the GC paused
+    assert alive == [0, 0, 0, 0]  # each simulation's machine (and shadow pages) already freed
+    assert gc.isenabled()
+    result = cell.run_cell("flood-count", "kscand", {"quick": True}, 1)  # a generated run
+    assert result.guest_ops > 0 and gc.isenabled() and _live_shadow_machines() == before

@@ -34,6 +34,12 @@ def _live_shadow_machines() -> int:
 
 
 def test_simulations_run_with_the_gc_off_and_leave_no_shadow_state(monkeypatch):
+    """The Python executors (the native core keeps its shadow state in C: it is switched off
+    here, and checked below)."""
+    from bench import core
+
+    monkeypatch.setattr(core, "replay", lambda *args: False)
+    monkeypatch.setattr(core, "native_execution", lambda *args: None)
     made = []
     machine_for = cell.machine_for
 
@@ -54,3 +60,21 @@ def test_simulations_run_with_the_gc_off_and_leave_no_shadow_state(monkeypatch):
     assert gc.isenabled()
     result = cell.run_cell("flood-count", "kscand", {"quick": True}, 1)  # a generated run
     assert result.guest_ops > 0 and gc.isenabled() and _live_shadow_machines() == before
+
+
+def test_native_replays_run_with_the_gc_off(monkeypatch):
+    from bench import core
+
+    if not core.available():
+        pytest.skip(f"the native core is {core.state()}")
+    seen = []
+    replay = core.replay
+
+    def recording_replay(*args):
+        seen.append(gc.isenabled())
+        return replay(*args)
+
+    monkeypatch.setattr(core, "replay", recording_replay)
+    for _ in cell.run_cells(["flood-count", "always-emulate"], "kscand", {"quick": True}, 0):
+        assert gc.isenabled()
+    assert seen == [False, False]

@@ -22,6 +22,11 @@ live until it ends, which the collector's repeated full collections walked for l
 17's profile of the compiled build: about a fifth of a single-cell run); one collection after
 each simulation frees what it left in cycles (an executor, its policy, its shadow pages and
 their parents), so memory stays that of one policy's run at a time (docs/performance.md).
+
+With the native core built (bench.core), the native run, the oracle's record and the recording
+run in one C loop (``_record``), and a built-in policy's replay runs in C (``_replayed``); the
+Python executors remain the reference and run everything else. Both give the same results
+(tests/test_native_core.py).
 """
 
 from __future__ import annotations

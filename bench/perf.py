@@ -229,15 +229,6 @@ def speed_suite() -> None:
     elif not runner.args or not runner.args.worker:
         print(f"bench.perf: the native core is {core.state()}: its benchmarks skipped",
               file=sys.stderr)
-    from bench import core
-
-    if core.available():
-        runner.bench_time_func("kscand-record-native", _native_record(OPS), inner_loops=OPS)
-        runner.bench_time_func("kscand-flood-count-replay-native",
-                               _replay("flood-count", OPS, native=True), inner_loops=OPS)
-    elif not runner.args or not runner.args.worker:
-        print(f"bench.perf: the native core is {core.state()}: its benchmarks skipped",
-              file=sys.stderr)
     import shutil
 
     if shutil.which(os.environ.get("CC") or "cc"):

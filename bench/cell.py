@@ -110,13 +110,9 @@ def count_ops(ops: Iterable[tuple], step) -> int:
     return n
 
 
-def _result(machine, n: int, sizes: dict[str, int]) -> CellResult:
-    """The cell of an executor (its ``counters`` a Counters) or of a bench.core.NativeRun (a
-    counters dict)."""
-    counters = machine.counters
-    marks = list(machine.marks)
-    counts = counters if isinstance(counters, dict) else counters.as_dict()
-    return CellResult(n - len(marks), counts, marks, dict(sizes))
+def _result(counts: dict[str, int], marks: list, n: int, sizes: dict[str, int]) -> CellResult:
+    """The cell of ``n`` operations (MARKs included) that left these counters and marks."""
+    return CellResult(n - len(marks), counts, list(marks), dict(sizes))
 
 
 def _generated(policy: Policy | None, workload: str, params: dict[str, Any], seed: int,
@@ -137,7 +133,8 @@ def _generate(policy: Policy | None, workload: str, params: dict[str, Any], seed
         def step(op, _step=machine.step):
             _step(op)
             check_shadow(machine)
-    return _result(machine, count_ops(run.ops, step), run.sizes)
+    n = count_ops(run.ops, step)
+    return _result(machine.counters.as_dict(), machine.marks, n, run.sizes)
 
 
 def run_cells(policy_specs: Sequence[PolicySpec], workload: str, params: dict[str, Any],
@@ -219,11 +216,11 @@ def _replayed(policy: Policy, recording: OpRecording, initial: GuestMemory, mode
     The native core replays it when it runs this policy (bench.core), else the Python executor."""
     done = core.replay(recording, policy, initial, mode.pae, cr3s)
     if done is not False:
-        return None if done is None else _result(done, done.done, sizes)
+        return None if done is None else _result(done.counters, done.marks, done.done, sizes)
     mem = initial.copy()
     machine = machine_for(policy, mem, mode, cr3s)
     n = recording.run(machine.step, mem)
-    return None if n is None else _result(machine, n, sizes)
+    return None if n is None else _result(machine.counters.as_dict(), machine.marks, n, sizes)
 
 
 def run_cell(policy_spec: PolicySpec | None, workload: str, params: dict[str, Any], seed: int,

@@ -33,6 +33,19 @@ def _live_shadow_machines() -> int:
     return sum(1 for o in gc.get_objects() if isinstance(o, ShadowMachine))
 
 
+def _gc_state_at_calls(monkeypatch, owner, name: str) -> list[bool]:
+    """Wrap ``owner.name``; the returned list gets the collector's state at each call."""
+    seen: list[bool] = []
+    original = getattr(owner, name)
+
+    def wrapped(*args):
+        seen.append(gc.isenabled())
+        return original(*args)
+
+    monkeypatch.setattr(owner, name, wrapped)
+    return seen
+
+
 def test_simulations_run_with_the_gc_off_and_leave_no_shadow_state(monkeypatch):
     """The Python executors (the native core keeps its shadow state in C: it is switched off
     here, and checked below)."""
@@ -40,14 +53,7 @@ def test_simulations_run_with_the_gc_off_and_leave_no_shadow_state(monkeypatch):
 
     monkeypatch.setattr(core, "replay", lambda *args: False)
     monkeypatch.setattr(core, "native_execution", lambda *args: None)
-    made = []
-    machine_for = cell.machine_for
-
-    def recording_machine_for(*args):
-        made.append(gc.isenabled())
-        return machine_for(*args)
-
-    monkeypatch.setattr(cell, "machine_for", recording_machine_for)
+    made = _gc_state_at_calls(monkeypatch, cell, "machine_for")
     gc.collect()
     before = _live_shadow_machines()
     alive = []
@@ -67,14 +73,7 @@ def test_native_replays_run_with_the_gc_off(monkeypatch):
 
     if not core.available():
         pytest.skip(f"the native core is {core.state()}")
-    seen = []
-    replay = core.replay
-
-    def recording_replay(*args):
-        seen.append(gc.isenabled())
-        return replay(*args)
-
-    monkeypatch.setattr(core, "replay", recording_replay)
+    seen = _gc_state_at_calls(monkeypatch, core, "replay")
     for _ in cell.run_cells(["flood-count", "always-emulate"], "kscand", {"quick": True}, 0):
         assert gc.isenabled()
     assert seen == [False, False]

@@ -164,8 +164,10 @@ def test_every_policy_on_the_shipped_recordings_matches_the_reference(name):
     run = build_run("guest", {"recording": name, "events": 3000}, 0)
     mode, cr3s = run.guest.mode, list(run.cr3s)
     recording, trace, initial = _recorded(run)
-    for spec in SPECS:
-        _compare(recording, trace, initial, mode, cr3s, spec)
+    held = [spec for spec in SPECS if _compare(recording, trace, initial, mode, cr3s, spec)]
+    # as on the synthetic workloads, only out-of-sync policies may find other reads
+    tlb_like = {s for s in SPECS if getattr(make_policy(s), "tlb_like", False)}
+    assert held and set(SPECS) - set(held) <= tlb_like
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -181,9 +183,10 @@ def test_random_streams_match_the_reference(spec, seed, pae, cpus, n):
     _compare(recording, trace, initial, rg.guest.mode, list(rg.cr3s), spec)
 
 
-def _executions(make_run, trace: bool):
+def _executions(make_run, trace: bool) -> tuple[dict, dict]:
     """The shared native execution of a run (bench.cell.run_cells: executor, tee, recording) in
-    C and in Python: everything it leaves must be identical."""
+    C and in Python: what each leaves (counters, trace, marks, memory, recorded operations and
+    reads), to be compared."""
     out = []
     for native in (True, False):
         run = make_run()
@@ -213,9 +216,7 @@ def _executions(make_run, trace: bool):
             "usable": recording.usable,
             "count": recording.count,
         })
-    native, python = out
-    for key in python:
-        assert native[key] == python[key], f"{key} differs"
+    return out[0], out[1]
 
 
 @pytest.mark.parametrize("workload,params", _workloads()[:6] + [
@@ -226,7 +227,10 @@ def _executions(make_run, trace: bool):
 @pytest.mark.parametrize("trace", [True, False])
 def test_the_native_execution_and_recording_match_the_reference(workload, params, trace):
     quick = {} if workload == "guest" else {"quick": True}
-    _executions(lambda: build_run(workload, {**params, **quick}, 1), trace)
+    native, python = _executions(lambda: build_run(workload, {**params, **quick}, 1), trace)
+    assert python["count"] > 0 and python["usable"]
+    for key in python:
+        assert native[key] == python[key], f"{key} differs"
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -238,7 +242,9 @@ def test_the_native_execution_of_random_streams_matches_the_reference(seed, pae,
         rg = build_guest(rng, pae, cpus)
         return GuestRun(rg.guest, list(rg.cr3s), iter(random_ops(rng, rg, n)))
 
-    _executions(make_run, trace)
+    native, python = _executions(make_run, trace)
+    for key in python:
+        assert native[key] == python[key], f"{key} differs"
 
 
 def test_a_differing_read_stops_the_native_replay_as_the_reference():

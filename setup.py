@@ -2,7 +2,8 @@
 
 The project's metadata is in pyproject.toml. This script only adds two optional builds:
 
-- the native core, bench/core/_core.c (the shadow MMU and the built-in policies in C, issue 17;
+- the native core, bench/core/_core.c and _scan.c (the shadow MMU, the built-in policies and the
+  scan workloads' generators in C, issue 17;
   bench/core/__init__.py explains what runs there), compiled with the machine's C compiler;
   beside the module it writes ``bench/core/_core.json`` with the SHA-256 of the source it was
   built from, so a checkout uses it only for that very source;
@@ -31,7 +32,8 @@ ROOT = Path(__file__).resolve().parent
 CORE = runpy.run_path(str(ROOT / "bench" / "_compiled.py"))
 PURE = os.environ.get(CORE["PURE_ENV"], "") not in ("", "0")
 NATIVE = "bench.core._core"
-NATIVE_SOURCE = Path("bench") / "core" / "_core.c"
+NATIVE_SOURCES = tuple(Path("bench") / "core" / name for name in ("_core.c", "_scan.c"))
+"""The native core's C sources, in the order their SHA-256 is taken (bench.core.SOURCES)."""
 
 
 def _warn(message: str) -> None:
@@ -53,7 +55,8 @@ class OptionalBuildExt(build_ext):
         if NATIVE in self.built:
             manifest = target / "bench" / "core" / "_core.json"
             manifest.parent.mkdir(parents=True, exist_ok=True)
-            digest = hashlib.sha256((ROOT / NATIVE_SOURCE).read_bytes()).hexdigest()
+            digest = hashlib.sha256(b"".join((ROOT / source).read_bytes()
+                                             for source in NATIVE_SOURCES)).hexdigest()
             manifest.write_text(json.dumps({"source": digest}) + "\n")
         if self._mypyc_built():
             manifest = target / "bench" / CORE["MANIFEST"]
@@ -120,7 +123,8 @@ def native_extension() -> list:
     """The native core (a plain C extension: any C99 compiler and the Python headers)."""
     if PURE:
         return []
-    return [Extension(NATIVE, [str(NATIVE_SOURCE)], extra_compile_args=["-O2"])]
+    return [Extension(NATIVE, [str(source) for source in NATIVE_SOURCES],
+                      extra_compile_args=["-O2"])]
 
 
 def extensions() -> list:

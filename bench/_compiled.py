@@ -45,6 +45,8 @@ COMPILED: tuple[str, ...] = (
     "bench.recording",
     "bench.oracle",
     "bench.guest",
+    "bench.record.format",
+    "bench.record.replay",
     "policies._compose",
     "policies.accessed_clear",
     "policies.always_emulate",

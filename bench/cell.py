@@ -24,8 +24,10 @@ each simulation frees what it left in cycles (an executor, its policy, its shado
 their parents), so memory stays that of one policy's run at a time (docs/performance.md).
 
 With the native core built (bench.core), the native run, the oracle's record and the recording
-run in one C loop (``_record``), and a built-in policy's replay runs in C (``_replayed``); the
-Python executors remain the reference and run everything else. Both give the same results
+run in one C loop (``_record``), a built-in policy's replay runs in C (``_replayed``), and so
+does a built-in policy's run on a stream of its own when the workload generates in C (kscand,
+linear-scan: ``_generate``, bench.core.generate); the Python executors remain the reference and
+run everything else. Both give the same results
 (tests/test_native_core.py).
 """
 
@@ -125,6 +127,10 @@ def _generated(policy: Policy | None, workload: str, params: dict[str, Any], see
 def _generate(policy: Policy | None, workload: str, params: dict[str, Any], seed: int,
               check: bool) -> CellResult:
     run = build_run(workload, params, seed)
+    if policy is not None and not check:
+        done = core.generate(run, policy)  # a native policy on a native scan stream, in C
+        if done is not None:
+            return _result(done.counters, done.marks, done.done, run.sizes)
     machine = executor_for(run, policy)
     step = machine.step
     if check and isinstance(machine, ShadowMachine):

@@ -191,10 +191,12 @@ class OpRecording:
         """What ``tee`` feeding ``executor`` does, in one call: ``executor`` is the native
         core's executor (bench.core.NativeExecution.executor), which pulls each operation with
         the ReadLog attached, executes it and hands this recording the packed columns of each
-        chunk (``_pack_columns``); the recording is complete when it returns."""
+        chunk (``_pack_columns``); a native scan stream (bench.core.generators) reads guest
+        memory through the executor instead and its reads come packed too
+        (``_pack_read_columns``). The recording is complete when it returns."""
         log = ReadLog()
         executor.run_tee(iter(ops), mem, log, self._insn_ids, self._insns, self._pack_columns,
-                         CHUNK)
+                         CHUNK, self._pack_read_columns)
         if log.wrote:
             self._drop()
 
@@ -215,6 +217,12 @@ class OpRecording:
                 except (_Unpackable, ValueError):
                     self._drop()
         reads.clear()
+
+    def _pack_read_columns(self, columns: tuple[array, ...], n: int) -> None:
+        """``n`` reads from the native executor already packed into READ_FIELDS columns (a
+        native scan stream's, which reads guest memory through the executor)."""
+        if self.usable:
+            self._reads.add(columns, n)
 
     def _pack(self, ops: list[tuple], reads: list[tuple]) -> None:
         self.count += len(ops)

@@ -69,7 +69,7 @@ def built_digest(workload: str, params: dict, seed: int) -> str:
         if hasattr(scanner, "nxt"):
             h.update(scanner.nxt.tobytes())
             h.update(scanner.prv.tobytes())
-            h.update(json.dumps(scanner.count).encode())
+            h.update(json.dumps(list(scanner.count)).encode())
     return h.hexdigest()
 
 

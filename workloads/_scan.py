@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 
 from mypy_extensions import mypyc_attr
 
+from bench.core.generators import Deferred, scan_stream
 from bench.errors import BenchError
 from bench.guest import KM_PTE2, Guest
 from bench.ops import BTR, COMPUTE, LOAD, MARK
@@ -104,7 +105,10 @@ class ScanWorkload(GuestWorkload):
         guest, um, runner, kernel, initial, sizes = self._setup(rng)
         scanner = self.scanner(um, kernel)
         self.last_scanner = scanner  # for inspection (tests)
-        return GuestRun(guest, initial, self._timeline(scanner, runner, sizes), sizes)
+        self.last_runner = runner
+        return GuestRun(guest, initial, Deferred(
+            lambda: scan_stream(self.cpus, scanner, runner, sizes),
+            lambda: self._timeline(scanner, runner, sizes)), sizes)
 
     def scanner(self, um: UserMemory, kernel: Kernel) -> "Scanner":
         raise NotImplementedError
@@ -116,7 +120,11 @@ class ScanWorkload(GuestWorkload):
 
     def _timeline(self, scanner: "Scanner", runner: UserRunner, sizes: dict) -> Iterator[tuple]:
         """Jiffy by jiffy: every CPU runs its user process; a kernel pass on CPU 0 takes that
-        jiffy of CPU 0, and the other CPUs' accesses of the jiffy are spread evenly over it."""
+        jiffy of CPU 0, and the other CPUs' accesses of the jiffy are spread evenly over it.
+
+        With the native core ``build`` hands out this very stream from C instead
+        (bench.core.generators), decided when the stream is first iterated, so an inspection
+        hook set after ``build`` still runs this generator."""
         cpus = self.cpus
         for jiffy in range(1, sizes["jiffies"] + 1):
             scan = scanner.wake(jiffy)

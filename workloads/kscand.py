@@ -117,7 +117,7 @@ class AgingZone(Scanner):
         self.prv = prv = array("i", bytes(4 * (n + heads)))
         for b in range(heads):
             nxt[n + b] = prv[n + b] = n + b
-        self.count = [0] * heads
+        self.count = array("q", bytes(8 * heads))  # (an array: the C stream shares it)
         # lru_cache_add in fault order: list_add at the head of INITIAL_AGE of the page's list
         # (the two lists are independent, so each takes its pages in one go).
         order, cached = um.fault_order, um.order_is_cache

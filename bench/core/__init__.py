@@ -9,18 +9,22 @@ compiler, or with ``SHADOWBENCH_PURE=1`` or ``SHADOWBENCH_NATIVE=0`` in the envi
 Python reference runs instead, at Python speed, and ``python -m bench run`` says so in one line
 on stderr.
 
+The kscand and linear-scan generators run natively too (bench/core/_scan.c, driven by
+bench.core.generators): the same operations and guest-memory reads as the Python generators.
+
 What runs natively (``native_spec``): a replay under one of the built-in shadow-paging policies,
 exactly as registered (its class, not a subclass): always-emulate, always-unshadow, flood-count
 (2.6.20, 2.6.26, 2.6.27), per-page-flood, xen-early-unshadow, unsync, xen-oos, ski-rental,
-ski-rental-random, oracle, and accessed-clear or xen-batch over any of these. Everything else
-runs through the Python reference: tdp (its own executor), a third-party policy or a subclass
-of a built-in one (through the Python hooks, at Python speed), a run whose workload writes
-guest memory while generating (no recording), and a policy whose guest reads differ from the
-recording (it generates its own stream, bench.cell). tests/test_native_core.py checks, for every
+ski-rental-random, oracle, tdp (bench.machine.tdp's executor) and accessed-clear or xen-batch
+over any of these; and such a policy's run on a stream of its own (``generate``: its reads
+differed from the recording, or it runs alone) when the workload generates natively. Everything
+else runs through the Python reference: a third-party policy or a subclass of a built-in one
+(through the Python hooks, at Python speed), a run whose workload writes guest memory while
+generating (no recording), and a policy generating its own stream from a Python generator. tests/test_native_core.py checks, for every
 policy it covers on every workload, that both give identical counters, marks and guest memory.
 
-The extension is used only when it was built from exactly the ``_core.c`` in use: setup.py
-records the source's SHA-256 beside the built module (``_core.json``), and ``load`` compares it
+The extension is used only when it was built from exactly the C sources in use: setup.py
+records their SHA-256 beside the built module (``_core.json``), and ``load`` compares it
 (a stale build is never used), as bench._compiled does for the mypyc modules.
 """
 
@@ -39,7 +43,8 @@ from typing import Any
 
 from bench.machine.counters import ALL_COUNTERS
 
-SOURCE = "_core.c"
+SOURCES = ("_core.c", "_scan.c")
+"""The C sources of the extension, in the order their SHA-256 is taken (setup.py NATIVE_SOURCES)."""
 MANIFEST = "_core.json"
 NATIVE_ENV = "SHADOWBENCH_NATIVE"
 PURE_ENV = "SHADOWBENCH_PURE"
@@ -50,15 +55,16 @@ _loaded: ModuleType | None = None
 _state: str | None = None
 
 # bench.core._core's policy bases (the enum in _core.c)
-B_EMULATE, B_UNSHADOW, B_FLOOD, B_PERPAGE, B_XEN_EARLY, B_UNSYNC, B_XEN_OOS, B_SKI, B_ORACLE = \
-    range(9)
+B_EMULATE, B_UNSHADOW, B_FLOOD, B_PERPAGE, B_XEN_EARLY, B_UNSYNC, B_XEN_OOS, B_SKI, B_ORACLE, \
+    B_TDP = range(10)
 SKI_DRAWS = 4096
 """Thresholds ski-rental-random draws ahead per call from the native core (its private
 generator's draws happen in the order the intervals start, so drawing ahead changes nothing)."""
 
 
 def source_digest(folder: Path = _HERE) -> str:
-    return hashlib.sha256((folder / SOURCE).read_bytes()).hexdigest()
+    """The SHA-256 of the C sources in ``folder``, concatenated in SOURCES order."""
+    return hashlib.sha256(b"".join((folder / name).read_bytes() for name in SOURCES)).hexdigest()
 
 
 def _candidates() -> Iterator[Path]:
@@ -83,7 +89,7 @@ def _find() -> tuple[Path | None, str]:
         except (OSError, ValueError):
             continue
         if recorded.get("source") != wanted:
-            reason = f"the build in {folder} is of another _core.c"
+            reason = f"the build in {folder} is of other C sources"
             continue
         for suffix in importlib.machinery.EXTENSION_SUFFIXES:
             candidate = folder / ("_core" + suffix)
@@ -139,6 +145,7 @@ def _base_spec(policy: Any) -> dict[str, Any] | None:
     from policies.per_page_flood import PerPageFlood
     from policies.ski_rental import SkiRental
     from policies.ski_rental_random import SkiRentalRandom
+    from policies.tdp import Tdp
     from policies.unsync import Unsync
     from policies.xen_early_unshadow import XenEarlyUnshadow
     from policies.xen_oos import XenOOS
@@ -166,6 +173,8 @@ def _base_spec(policy: Any) -> dict[str, Any] | None:
     if cls is SkiRentalRandom:
         return {"base": B_SKI,
                 "draw": lambda: [policy.interval_threshold(0) for _ in range(SKI_DRAWS)]}
+    if cls is Tdp:
+        return {"base": B_TDP, "tlb_entries": policy.tlb_entries}
     if cls is Oracle:
         if not policy._traced:
             return None  # the Python path raises the proper error
@@ -259,6 +268,38 @@ def native_execution(mem: Any, pae: bool, cr3s: list[int], trace: bool) -> Nativ
     return NativeExecution(module.Native(mem.tables, mem.words, pae, list(cr3s), trace), trace)
 
 
+def _core(module: ModuleType, policy: Any, mem: Any, pae: bool, cr3s: list[int],
+          insn_btr: bytes) -> Any:
+    """A native Core for ``policy`` on a copy of ``mem``, or None when it must run in Python."""
+    spec = native_spec(policy)
+    if spec is None:
+        return None
+    cfg = policy.mmu_config(pae)
+    if cfg.tdp != (spec["base"] == B_TDP):
+        return None
+    config = {name: int(getattr(cfg, name)) for name in MMU_FIELDS}
+    return module.Core(mem.tables, mem.words, pae, list(cr3s), config, spec, insn_btr)
+
+
+def generate(run: Any, policy: Any) -> NativeRun | None:
+    """``policy`` on a guest run generating its own stream (bench.cell), natively: when the
+    native core runs the policy and the run's stream is a native scan stream
+    (bench.core.generators), which then reads the policy's own guest memory in C. None
+    otherwise; ``run.ops`` is then untouched or, if it was iterated to find out, still whole
+    (bench.core.generators.Deferred keeps the iterator it chose)."""
+    module = load()
+    if module is None or native_spec(policy) is None:
+        return None
+    ops = iter(run.ops)
+    if type(ops) is not module.ScanStream:
+        return None
+    mem, pae = run.guest.mem, run.guest.mode.pae
+    core = _core(module, policy, mem, pae, list(run.cr3s), b"\0\1")
+    if core is None:
+        return None
+    return NativeRun(core, core.run_stream(ops))
+
+
 def replay(recording: Any, policy: Any, mem: Any, pae: bool, cr3s: list[int]
            ) -> NativeRun | None | bool:
     """Replay ``recording`` under ``policy`` on a copy of ``mem`` natively, repeating the
@@ -267,16 +308,10 @@ def replay(recording: Any, policy: Any, mem: Any, pae: bool, cr3s: list[int]
     module = load()
     if module is None:
         return False
-    spec = native_spec(policy)
-    if spec is None:
+    insn_btr = bytes(int(name == "btr") for name in recording.insn_names())
+    core = _core(module, policy, mem, pae, cr3s, insn_btr)
+    if core is None:
         return False
-    cfg = policy.mmu_config(pae)
-    if cfg.tdp:
-        return False
-    config = {name: int(getattr(cfg, name)) for name in MMU_FIELDS}
-    names = recording.insn_names()
-    insn_btr = bytes(int(name == "btr") for name in names)
-    core = module.Core(mem.tables, mem.words, pae, list(cr3s), config, spec, insn_btr)
     reads = recording.read_columns()
     core.feed_reads(*next(reads, (None,)))
     for columns in recording.op_columns():

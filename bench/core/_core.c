@@ -42,6 +42,16 @@ enum { K_STORE = 0, K_BTR = 1, K_BTS = 2, K_LOAD = 3, K_INVLPG = 4, K_CR3 = 5, K
 #define SPTE_W 0x2ULL
 #define SPTE_A 0x20ULL
 
+/* bench/core/_scan.c: the scan workloads' generators, and the direct path run_tee takes */
+extern PyTypeObject ScanStreamType;
+typedef int (*scan_read_fn)(void *ctx, int method, u64 gpa, int pae, u64 *value);
+int scan_stream_check(PyObject *o);
+void scan_stream_attach(PyObject *o, scan_read_fn reader, void *ctx, int log_reads);
+int scan_stream_is_btr(PyObject *o, PyObject *insn);
+PyObject *scan_stream_take_reads(PyObject *o, PyObject *array_type, Py_ssize_t *n);
+int scan_stream_pull(PyObject *o, long long at, int *kind, int *cpu, u64 *addr, i64 *arg,
+                     u64 *value, PyObject **insn);
+
 enum { FIXED = 0, PTWRITE = 1, GUEST_FAULT = 2 };
 enum { D_EMULATE = 0, D_UNSHADOW = 1, D_UNSHADOW_NATIVE = 2, D_UNSYNC = 3 };
 
@@ -323,7 +333,7 @@ static inline void bit_clear(u64 *bits, int i) { bits[i >> 6] &= ~(1ULL << (i & 
 
 /* ------------------------------------------------------------------ the policies (policies/) */
 enum { B_EMULATE, B_UNSHADOW, B_FLOOD, B_PERPAGE, B_XEN_EARLY, B_UNSYNC, B_XEN_OOS, B_SKI,
-       B_ORACLE };
+       B_ORACLE, B_TDP };
 
 typedef struct {
     int base;
@@ -394,6 +404,13 @@ typedef struct {
     vecmap_t oracle_plan;
     map_t oracle_next, oracle_count;
     i64 oracle_zap_gfn;
+    /* tdp (bench/machine/tdp.py): per vCPU ``tlb_entries`` TLB slots, LRU by use stamp */
+    struct tlb_slot {
+        u64 vpn, gfn, stamp;
+        int valid, writable, user, dirty, glob;
+    } *tlb;
+    i64 tlb_entries;
+    u64 tlb_clock;
     /* the insn table: flags per insn id (bit 0: "btr") */
     unsigned char *insn_btr;
     Py_ssize_t ninsn;
@@ -1776,8 +1793,112 @@ static void set_cr3(Core *self, int cpu, u64 value) {
 static int append_mark(PyObject *marks, i64 phase, const u64 *counters);
 
 /* ShadowMachine.step */
+/* ------------------------------------------------------------- tdp (bench/machine/tdp.py) */
+/* TdpMachine._levels_read: the guest entries a failing walk read before it faulted */
+static int tdp_levels_read(Core *self, int cpu, u64 vaddr) {
+    u64 cr3 = self->cr3[cpu], pde_gpa;
+    if (self->pae) {
+        u64 pdpte = mem_entry(&self->mem, (cr3 & 0xFFFFFFE0ULL) + ((vaddr >> 30) << 3), 1);
+        if (!(pdpte & P_BIT))
+            return 0; /* the PDPTE register is not present */
+        pde_gpa = (pdpte & ADDR_MASK_PAE) + (((vaddr >> 21) & 0x1FF) << 3);
+    } else {
+        pde_gpa = (cr3 & ADDR_MASK_32) + ((vaddr >> 22) << 2);
+    }
+    u64 pde = mem_entry(&self->mem, pde_gpa, self->pae);
+    if (!(pde & P_BIT) || (pde & PS_BIT) || (vaddr < PAGE_OFFSET && !(pde & US_BIT)))
+        return 1;
+    return 2;
+}
+
+/* TdpMachine._translate: the frame from the TLB or a 2-D walk (EPT_LEVELS = 4); -1 a guest
+ * page fault, -2 an error. The OrderedDict's order is the use stamp: a hit moves the entry to
+ * the end (a new stamp), a fill past tlb_entries evicts the least recently used. */
+static i64 tdp_translate(Core *self, int cpu, u64 vaddr, int write, int user) {
+    u64 *c = self->counters, vpn = vaddr >> 12;
+    struct tlb_slot *tlb = self->tlb + (size_t)cpu * (size_t)self->tlb_entries, *e = NULL;
+    for (i64 i = 0; i < self->tlb_entries; i++)
+        if (tlb[i].valid && tlb[i].vpn == vpn) {
+            e = &tlb[i];
+            break;
+        }
+    if (e) {
+        if ((!user || e->user) && (!write || (e->writable && e->dirty))) {
+            e->stamp = ++self->tlb_clock;
+            return (i64)e->gfn;
+        }
+        e->valid = 0; /* re-walk: D to set, or cached permissions forbid the access */
+    }
+    c[C_tdp_tlb_miss]++;
+    walk_t w;
+    int r = walk(self, self->cr3[cpu], vaddr, write, user, &w);
+    if (r < 0) {
+        OOM(self);
+        return -2;
+    }
+    if (!r) {
+        int levels = tdp_levels_read(self, cpu, vaddr);
+        c[C_tdp_walk_refs] += (u64)levels * 5;
+        c[C_native_walk_refs] += (u64)levels;
+        return -1;
+    }
+    int levels = w.pt_gfn < 0 ? 1 : 2;
+    c[C_tdp_walk_refs] += (u64)((levels + 1) * 5 - 1);
+    c[C_native_walk_refs] += (u64)levels;
+    struct tlb_slot *slot = NULL;
+    for (i64 i = 0; i < self->tlb_entries && !slot; i++)
+        if (!tlb[i].valid)
+            slot = &tlb[i];
+    if (!slot) { /* full: the least recently used goes */
+        slot = &tlb[0];
+        for (i64 i = 1; i < self->tlb_entries; i++)
+            if (tlb[i].stamp < slot->stamp)
+                slot = &tlb[i];
+    }
+    slot->valid = 1;
+    slot->vpn = vpn;
+    slot->gfn = w.gfn;
+    slot->writable = w.writable;
+    slot->user = w.user;
+    slot->dirty = w.dirty;
+    slot->glob = (w.leaf & 0x100ULL) != 0; /* G */
+    slot->stamp = ++self->tlb_clock;
+    return (i64)w.gfn;
+}
+
+/* TdpMachine.step */
+static void tdp_step(Core *self, int kind, int cpu, u64 addr, i64 arg, u64 value) {
+    count_native(self, kind, arg);
+    struct tlb_slot *tlb = self->tlb + (size_t)cpu * (size_t)self->tlb_entries;
+    if (kind <= K_LOAD) {
+        int write = kind != K_LOAD;
+        i64 gfn = tdp_translate(self, cpu, addr, write, addr < PAGE_OFFSET);
+        if (gfn == -1)
+            self->counters[C_native_page_fault]++;
+        else if (gfn >= 0 && write &&
+                 apply_write(self, ((u64)gfn << 12) | (addr & 0xFFF), kind, arg, value) < 0)
+            OOM(self);
+    } else if (kind == K_INVLPG) {
+        for (i64 i = 0; i < self->tlb_entries; i++)
+            if (tlb[i].valid && tlb[i].vpn == addr >> 12)
+                tlb[i].valid = 0;
+    } else if (kind == K_CR3) {
+        self->cr3[cpu] = addr;
+        for (i64 i = 0; i < self->tlb_entries; i++)
+            if (!tlb[i].glob)
+                tlb[i].valid = 0;
+    } else if (kind == K_MARK) {
+        if (append_mark(self->marks, arg, self->counters) < 0)
+            self->failed = 1;
+    }
+}
+
 static void step(Core *self, int kind, int cpu, u64 addr, i64 arg, u64 value, int insn) {
     u64 *c = self->counters;
+    if (self->pol.base == B_TDP) {
+        tdp_step(self, kind, cpu, addr, arg, value);
+        return;
+    }
     if (self->batch[cpu] && emulate_extra(self, kind, cpu, addr, arg, value, insn))
         return;
     if (kind <= K_LOAD) {
@@ -1904,6 +2025,7 @@ static void Core_dealloc(Core *self) {
     map_free(&self->oracle_next);
     map_free(&self->oracle_count);
     free(self->insn_btr);
+    free(self->tlb);
     free(self->pol.drawn);
     Py_XDECREF(self->pol.draw);
     Py_XDECREF(self->marks);
@@ -2049,7 +2171,7 @@ static int Core_init(Core *self, PyObject *args, PyObject *kwds) {
         {"base", 1}, {"accessed_clear", 0}, {"batch", 0}, {"batch_extra", 0},
         {"batch_pae_only", 0}, {"v20", 0}, {"v27", 0}, {"threshold", 0}, {"include_leaf", 0},
         {"keep_on_unaligned_zero", 0}, {"oos_limit", 0}, {"ski_threshold", 0},
-        {"oracle_native", 0},
+        {"oracle_native", 0}, {"tlb_entries", 0},
     };
     long long vals[sizeof(known) / sizeof(known[0])];
     for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
@@ -2072,13 +2194,25 @@ static int Core_init(Core *self, PyObject *args, PyObject *kwds) {
     p->oos_limit = (int)vals[10];
     p->ski_threshold = vals[11];
     p->oracle_native = (int)vals[12];
-    if (p->base < B_EMULATE || p->base > B_ORACLE) {
+    self->tlb_entries = vals[13];
+    if (p->base < B_EMULATE || p->base > B_TDP) {
         PyErr_SetString(PyExc_ValueError, "native core: unknown policy base");
         return -1;
     }
     if (p->base == B_XEN_OOS && p->oos_limit < 1) {
         PyErr_SetString(PyExc_ValueError, "native core: xen-oos needs oos_limit >= 1");
         return -1;
+    }
+    if (p->base == B_TDP) {
+        if (self->tlb_entries < 1 || self->tlb_entries > (1 << 20)) {
+            PyErr_SetString(PyExc_ValueError, "native core: tdp needs 1 to 2**20 tlb_entries");
+            return -1;
+        }
+        self->tlb = calloc((size_t)self->cpus * (size_t)self->tlb_entries, sizeof(*self->tlb));
+        if (!self->tlb) {
+            PyErr_NoMemory();
+            return -1;
+        }
     }
     PyObject *draw = PyDict_GetItemString(policy, "draw");
     if (draw && draw != Py_None) {
@@ -2136,8 +2270,8 @@ static int Core_init(Core *self, PyObject *args, PyObject *kwds) {
             }
         }
     }
-    /* the vCPUs' roots (ShadowMachine.__init__) */
-    for (int cpu = 0; cpu < self->cpus; cpu++) {
+    /* the vCPUs' roots (ShadowMachine.__init__; tdp has none) */
+    for (int cpu = 0; cpu < self->cpus && p->base != B_TDP; cpu++) {
         load_roots(self, cpu);
         if (self->failed) {
             if (!PyErr_Occurred())
@@ -2289,6 +2423,56 @@ static PyObject *Core_finish_reads(Core *self, PyObject *unused) {
     return PyLong_FromLong(check_reads(self));
 }
 
+/* GuestMemory.read32 / read_entry on this core's memory, for a ScanStream generating the
+ * policy's own stream (bench/core/_scan.c) */
+static int core_stream_read(void *ctx, int method, u64 gpa, int pae, u64 *value) {
+    Core *self = ctx;
+    *value = method == 0 ? mem_word(&self->mem, gpa) : mem_entry(&self->mem, gpa, pae);
+    return 0;
+}
+
+/* run_stream(stream): run a ScanStream's operations to its end on this core, the stream
+ * reading this core's guest memory (the policy's guest generating its own stream, bench.cell);
+ * build the core with insn_btr b"\0\1": instruction 1 is btr. Returns the operations run. */
+static PyObject *Core_run_stream(Core *self, PyObject *stream) {
+    if (!scan_stream_check(stream)) {
+        PyErr_SetString(PyExc_TypeError, "run_stream: not a ScanStream");
+        return NULL;
+    }
+    if (self->failed || self->ninsn < 2) {
+        PyErr_SetString(PyExc_RuntimeError, "run_stream: a failed core, or no btr instruction");
+        return NULL;
+    }
+    scan_stream_attach(stream, core_stream_read, self, 0);
+    int got;
+    for (;;) {
+        int kind, cpu;
+        u64 addr, value;
+        i64 arg;
+        PyObject *insn;
+        got = scan_stream_pull(stream, self->done, &kind, &cpu, &addr, &arg, &value, &insn);
+        if (got <= 0)
+            break;
+        if (cpu >= self->cpus) {
+            self->failed = 1;
+            PyErr_Format(BenchError, "operation on cpu %d, but the guest has cpus 0..%d", cpu,
+                         self->cpus - 1);
+            break;
+        }
+        step(self, kind, cpu, addr, arg, value, scan_stream_is_btr(stream, insn));
+        if (self->failed) {
+            if (!PyErr_Occurred())
+                PyErr_NoMemory();
+            break;
+        }
+        self->done++;
+    }
+    scan_stream_attach(stream, NULL, NULL, 0);
+    if (got < 0 || self->failed)
+        return NULL;
+    return PyLong_FromLongLong(self->done);
+}
+
 static PyObject *Core_counters(Core *self, PyObject *unused) { return counters_tuple(self); }
 
 static PyObject *Core_marks(Core *self, PyObject *unused) {
@@ -2349,6 +2533,8 @@ static PyMethodDef Core_methods[] = {
      "feed_reads(ats, methods, gpas, args, values) or feed_reads(None)"},
     {"run_ops", (PyCFunction)Core_run_ops, METH_VARARGS,
      "run_ops(kinds, cpus, addrs, args, values, insns) -> 0 done, 1 feed reads, 2 read differs"},
+    {"run_stream", (PyCFunction)Core_run_stream, METH_O,
+     "run_stream(scan_stream) -> operations run: the policy's guest generating its own stream"},
     {"finish_reads", (PyCFunction)Core_finish_reads, METH_NOARGS,
      "check the reads after the last operation -> 0, 1 or 2"},
     {"counters", (PyCFunction)Core_counters, METH_NOARGS,
@@ -2402,10 +2588,29 @@ typedef struct {
     PyObject *rtab_order; /* gfns in first-use order (Python list) */
     map_t directories, roots, direct_pages, direct_frames; /* sets: value 1 */
     int failed;
+    /* table pages looked up in mem_tables and exported (direct-mapped by gfn); valid while no
+     * Python code runs (page_cache_clear before handing control to Python, and on every entry) */
+    struct {
+        u64 gfn;
+        u32 *words;
+        Py_buffer view;
+    } pcache[64];
+    int pcache_used[64], npcache;
 } Native;
 
+#define PCACHE_SLOTS 64
+
+static void page_cache_clear(Native *self) {
+    for (int i = 0; i < self->npcache; i++) {
+        int k = self->pcache_used[i];
+        self->pcache[k].words = NULL;
+        PyBuffer_Release(&self->pcache[k].view);
+    }
+    self->npcache = 0;
+}
+
 /* the array('I') page of gfn in the GuestMemory, or NULL; *view must be released */
-static u32 *py_table(Native *self, u64 gfn, Py_buffer *view, int *err) {
+static u32 *py_table_lookup(Native *self, u64 gfn, Py_buffer *view, int *err) {
     PyObject *key = PyLong_FromUnsignedLongLong(gfn);
     if (!key) {
         *err = 1;
@@ -2429,20 +2634,37 @@ static u32 *py_table(Native *self, u64 gfn, Py_buffer *view, int *err) {
     return view->buf;
 }
 
+/* the 1024 words of table page ``gfn`` (NULL: not a table page; *err on an error), through
+ * the page cache (a page found stays exported until page_cache_clear) */
+static u32 *py_table(Native *self, u64 gfn, int *err) {
+    int k = (int)(gfn % PCACHE_SLOTS);
+    if (self->pcache[k].words && self->pcache[k].gfn == gfn)
+        return self->pcache[k].words;
+    Py_buffer view;
+    u32 *words = py_table_lookup(self, gfn, &view, err);
+    if (!words)
+        return NULL;
+    if (self->pcache[k].words) {
+        PyBuffer_Release(&self->pcache[k].view);
+    } else {
+        self->pcache_used[self->npcache++] = k;
+    }
+    self->pcache[k].gfn = gfn;
+    self->pcache[k].words = words;
+    self->pcache[k].view = view;
+    return words;
+}
+
 /* GuestMemory._word */
 static u32 py_word(Native *self, u64 gpa) {
-    Py_buffer view;
     int err = 0;
-    u32 *page = py_table(self, gpa >> 12, &view, &err);
+    u32 *page = py_table(self, gpa >> 12, &err);
     if (err) {
         self->failed = 1;
         return 0;
     }
-    if (page) {
-        u32 v = page[(gpa & 0xFFF) >> 2];
-        PyBuffer_Release(&view);
-        return v;
-    }
+    if (page)
+        return page[(gpa & 0xFFF) >> 2];
     PyObject *key = PyLong_FromUnsignedLongLong(gpa >> 2);
     if (!key) {
         self->failed = 1;
@@ -2463,16 +2685,14 @@ static u32 py_word(Native *self, u64 gpa) {
 
 /* GuestMemory.write32 */
 static void py_write32(Native *self, u64 gpa, u32 value) {
-    Py_buffer view;
     int err = 0;
-    u32 *page = py_table(self, gpa >> 12, &view, &err);
+    u32 *page = py_table(self, gpa >> 12, &err);
     if (err) {
         self->failed = 1;
         return;
     }
     if (page) {
         page[(gpa & 0xFFF) >> 2] = value;
-        PyBuffer_Release(&view);
         return;
     }
     PyObject *key = PyLong_FromUnsignedLongLong(gpa >> 2);
@@ -2775,12 +2995,13 @@ static int Native_init(Native *self, PyObject *args, PyObject *kwds) {
 }
 
 /* run(ops) -> None: every operation of the iterable, as NativeMachine.run */
-static PyObject *Native_run(Native *self, PyObject *iterable) {
+static PyObject *Native_run_ops(Native *self, PyObject *iterable) {
     PyObject *it = PyObject_GetIter(iterable);
     if (!it)
         return NULL;
     PyObject *op;
     while ((op = PyIter_Next(it))) {
+        page_cache_clear(self); /* the generator ran: its memory may have changed */
         PyObject *items[5];
         int bad = 0;
         if (PyTuple_Check(op) && PyTuple_GET_SIZE(op) >= 5) {
@@ -2823,6 +3044,19 @@ static PyObject *Native_run(Native *self, PyObject *iterable) {
     Py_RETURN_NONE;
 }
 
+/* a ScanStream's reads of guest memory on the direct path: GuestMemory.read32 / read_entry
+ * (bench.machine.memory) on this executor's view of the same dictionaries */
+static int native_stream_read(void *ctx, int method, u64 gpa, int pae, u64 *value) {
+    Native *self = ctx;
+    *value = method == 0 ? py_word(self, gpa) : py_entry(self, gpa, pae);
+    if (self->failed) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
 /* the next chunk's op columns as a tuple of array objects (bench.recording.OP_FIELDS) */
 static PyObject *op_arrays(PyObject *array_type, void *const cols[6], Py_ssize_t n) {
     static const char *codes[6] = {"B", "H", "Q", "q", "Q", "H"};
@@ -2843,17 +3077,58 @@ static PyObject *op_arrays(PyObject *array_type, void *const cols[6], Py_ssize_t
     return out;
 }
 
-/* run_tee(source, mem, log, insn_ids, insn_names, sink, chunk): execute the operations of the
- * iterator ``source`` while recording them, as bench.recording.OpRecording.tee feeding this
- * executor: while the workload generates an operation, ``mem.log`` is ``log`` (its ``at`` the
- * operations executed before); each chunk of ``chunk`` operations (and the last, possibly empty)
- * goes to ``sink(columns, n, log.reads)`` as packed columns, or None when an operation cannot be
- * packed (the recording is then dropped). Instruction names get ids in ``insn_ids``/``names``. */
+static PyObject *Native_run(Native *self, PyObject *iterable) {
+    PyObject *r = Native_run_ops(self, iterable);
+    page_cache_clear(self);
+    return r;
+}
+
+static PyObject *Native_run_tee_impl(Native *self, PyObject *args);
+
+/* run_tee(source, mem, log, insn_ids, insn_names, sink, chunk, read_sink): execute the
+ * operations of the iterator ``source`` while recording them, as bench.recording.OpRecording.tee
+ * feeding this executor: while the workload generates an operation, ``mem.log`` is ``log`` (its
+ * ``at`` the operations executed before); each chunk of ``chunk`` operations (and the last,
+ * possibly empty) goes to ``sink(columns, n, log.reads)`` as packed columns, or None when an
+ * operation cannot be packed (the recording is then dropped). Instruction names get ids in
+ * ``insn_ids``/``names``. A ScanStream source takes the direct path: no tuples, its reads made
+ * through this executor, logged in C and handed to ``read_sink(columns, n)`` with each chunk. */
 static PyObject *Native_run_tee(Native *self, PyObject *args) {
-    PyObject *source, *mem, *log, *ids, *names, *sink;
+    PyObject *r = Native_run_tee_impl(self, args);
+    page_cache_clear(self);
+    return r;
+}
+
+/* a chunk to the recording: sink(columns, n, reads), columns None when an operation could not
+ * be packed; on the direct path the stream's reads go to read_sink(read columns, count) */
+static int tee_flush(PyObject *array_type, void *const cols[6], Py_ssize_t n, int packable,
+                     PyObject *sink, PyObject *reads, PyObject *stream, PyObject *read_sink) {
+    PyObject *columns = packable ? op_arrays(array_type, cols, n) : Py_NewRef(Py_None);
+    PyObject *r = columns ? PyObject_CallFunction(sink, "OnO", columns, n, reads) : NULL;
+    Py_XDECREF(columns);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    if (!stream)
+        return 0;
+    Py_ssize_t nreads;
+    PyObject *logged = scan_stream_take_reads(stream, array_type, &nreads);
+    if (!logged)
+        return -1;
+    r = logged == Py_None ? Py_NewRef(Py_None)
+                          : PyObject_CallFunction(read_sink, "On", logged, nreads);
+    Py_DECREF(logged);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *Native_run_tee_impl(Native *self, PyObject *args) {
+    PyObject *source, *mem, *log, *ids, *names, *sink, *read_sink;
     Py_ssize_t chunk;
-    if (!PyArg_ParseTuple(args, "OOOO!O!On", &source, &mem, &log, &PyDict_Type, &ids,
-                          &PyList_Type, &names, &sink, &chunk))
+    if (!PyArg_ParseTuple(args, "OOOO!O!OnO", &source, &mem, &log, &PyDict_Type, &ids,
+                          &PyList_Type, &names, &sink, &chunk, &read_sink))
         return NULL;
     if (chunk < 1 || chunk > (1 << 24)) {
         PyErr_SetString(PyExc_ValueError, "native executor: bad chunk");
@@ -2870,6 +3145,7 @@ static PyObject *Native_run_tee(Native *self, PyObject *args) {
     i64 *oargs = malloc(chunk * 8);
     void *const cols[6] = {kinds, cpus, addrs, oargs, values, insns};
     PyObject *result = NULL;
+    int direct = 0;
     if (!array_type || !reads || !it || !kinds || !cpus || !insns || !addrs || !values ||
         !oargs) {
         if (!PyErr_Occurred())
@@ -2879,7 +3155,80 @@ static PyObject *Native_run_tee(Native *self, PyObject *args) {
     Py_ssize_t n = 0;
     long long count = 0;
     int packable = 1;
-    for (;;) {
+    /* a ScanStream (bench/core/_scan.c) hands its operations over without a tuple and reads
+     * guest memory through this executor (native_stream_read: GuestMemory's read32/read_entry
+     * on the same dictionaries), logging each read itself (handed over with each chunk) */
+    direct = it ? scan_stream_check(it) : 0;
+    PyObject *cache_insn[8] = {0};
+    long long cache_id[8];
+    int ncache = 0;
+    if (direct)
+        scan_stream_attach(it, native_stream_read, self, 1);
+    while (direct) {
+        int kind, cpu;
+        u64 addr, value;
+        i64 arg;
+        PyObject *insn;
+        int got = scan_stream_pull(it, count, &kind, &cpu, &addr, &arg, &value, &insn);
+        if (got < 0)
+            goto done;
+        if (!got)
+            break;
+        if (cpu >= self->cpus) {
+            PyErr_Format(PyExc_ValueError, "native executor: operation kind %d on cpu %d "
+                         "(cpus 0..%d)", kind, cpu, self->cpus - 1);
+            goto done;
+        }
+        int c = 0;
+        while (c < ncache && cache_insn[c] != insn)
+            c++;
+        long long idv;
+        if (c < ncache) {
+            idv = cache_id[c];
+        } else { /* a new instruction name: its id, as the tuple path gives it */
+            PyObject *id = PyDict_GetItemWithError(ids, insn);
+            if (!id && !PyErr_Occurred()) {
+                id = PyLong_FromSsize_t(PyList_GET_SIZE(names));
+                if (!id || PyDict_SetItem(ids, insn, id) < 0 || PyList_Append(names, insn) < 0) {
+                    Py_XDECREF(id);
+                    goto done;
+                }
+                Py_DECREF(id); /* the dict holds it */
+            }
+            idv = id ? PyLong_AsLongLong(id) : -1;
+            if (PyErr_Occurred())
+                goto done;
+            if (ncache < 8) { /* the stream keeps its names alive */
+                cache_insn[ncache] = insn;
+                cache_id[ncache++] = idv;
+            }
+        }
+        if (idv > 0xFFFF)
+            packable = 0;
+        if (packable) {
+            kinds[n] = (unsigned char)kind;
+            cpus[n] = (uint16_t)cpu;
+            addrs[n] = addr;
+            oargs[n] = arg;
+            values[n] = value;
+            insns[n] = (uint16_t)idv;
+        }
+        n++;
+        count++;
+        native_step(self, kind, cpu, addr, arg, value);
+        if (self->failed) {
+            if (!PyErr_Occurred())
+                PyErr_NoMemory();
+            goto done;
+        }
+        if (n == chunk) {
+            if (tee_flush(array_type, cols, n, packable, sink, reads, direct ? it : NULL,
+                          read_sink) < 0)
+                goto done;
+            n = 0;
+        }
+    }
+    for (; !direct;) {
         PyObject *at = PyLong_FromLongLong(count);
         if (!at || PyObject_SetAttrString(log, "at", at) < 0 ||
             PyObject_SetAttrString(mem, "log", log) < 0) {
@@ -2888,6 +3237,7 @@ static PyObject *Native_run_tee(Native *self, PyObject *args) {
         }
         Py_DECREF(at);
         PyObject *op = PyIter_Next(it);
+        page_cache_clear(self); /* the generator ran: its memory may have changed */
         PyObject *etype, *evalue, *etb;
         PyErr_Fetch(&etype, &evalue, &etb); /* the generator's exception, kept over the reset */
         if (PyObject_SetAttrString(mem, "log", Py_None) < 0) {
@@ -2962,25 +3312,18 @@ static PyObject *Native_run_tee(Native *self, PyObject *args) {
             goto done;
         }
         if (n == chunk) {
-            PyObject *columns = packable ? op_arrays(array_type, cols, n) : Py_NewRef(Py_None);
-            PyObject *r = columns ? PyObject_CallFunction(sink, "OnO", columns, n, reads) : NULL;
-            Py_XDECREF(columns);
-            if (!r)
+            if (tee_flush(array_type, cols, n, packable, sink, reads, direct ? it : NULL,
+                          read_sink) < 0)
                 goto done;
-            Py_DECREF(r);
             n = 0;
         }
     }
-    {
-        PyObject *columns = packable ? op_arrays(array_type, cols, n) : Py_NewRef(Py_None);
-        PyObject *r = columns ? PyObject_CallFunction(sink, "OnO", columns, n, reads) : NULL;
-        Py_XDECREF(columns);
-        if (!r)
-            goto done;
-        Py_DECREF(r);
-    }
+    if (tee_flush(array_type, cols, n, packable, sink, reads, direct ? it : NULL, read_sink) < 0)
+        goto done;
     result = Py_NewRef(Py_None);
 done:
+    if (direct)
+        scan_stream_attach(it, NULL, NULL, 0);
     Py_XDECREF(array_type);
     Py_XDECREF(reads);
     Py_XDECREF(it);
@@ -3041,6 +3384,7 @@ static PyObject *Native_marks(Native *self, PyObject *unused) {
 }
 
 static void Native_dealloc(Native *self) {
+    page_cache_clear(self);
     Py_XDECREF(self->mem_tables);
     Py_XDECREF(self->mem_words);
     Py_XDECREF(self->marks);
@@ -3060,7 +3404,7 @@ static void Native_dealloc(Native *self) {
 static PyMethodDef Native_methods[] = {
     {"run", (PyCFunction)Native_run, METH_O, "run(ops): execute every operation natively"},
     {"run_tee", (PyCFunction)Native_run_tee, METH_VARARGS,
-     "run_tee(source, mem, log, insn_ids, insn_names, sink, chunk): execute and record"},
+     "run_tee(source, mem, log, insn_ids, insn_names, sink, chunk, read_sink): execute and record"},
     {"finish", (PyCFunction)Native_finish, METH_NOARGS,
      "(creates, faults, violations, tables): the oracle's record (with trace)"},
     {"counters", (PyCFunction)Native_counters, METH_NOARGS, "the counters (ALL_COUNTERS order)"},
@@ -3087,6 +3431,7 @@ static struct PyModuleDef core_module = {
     -1, NULL, NULL, NULL, NULL, NULL,
 };
 
+
 PyMODINIT_FUNC PyInit__core(void) {
     PyObject *errors = PyImport_ImportModule("bench.errors");
     if (!errors)
@@ -3095,7 +3440,8 @@ PyMODINIT_FUNC PyInit__core(void) {
     Py_DECREF(errors);
     if (!BenchError)
         return NULL;
-    if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&NativeType) < 0)
+    if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&NativeType) < 0 ||
+        PyType_Ready(&ScanStreamType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&core_module);
     if (!m)
@@ -3109,8 +3455,10 @@ PyMODINIT_FUNC PyInit__core(void) {
         PyTuple_SET_ITEM(names, i, PyUnicode_FromString(counter_names[i]));
     Py_INCREF(&CoreType);
     Py_INCREF(&NativeType);
+    Py_INCREF(&ScanStreamType);
     if (PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0 ||
         PyModule_AddObject(m, "Native", (PyObject *)&NativeType) < 0 ||
+        PyModule_AddObject(m, "ScanStream", (PyObject *)&ScanStreamType) < 0 ||
         PyModule_AddObject(m, "COUNTERS", names) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -69,8 +69,12 @@ class RecordingError(BenchError):
     """A malformed, truncated or wrong-version recording (the message names the byte offset)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Event:
+    """One recorded event (the fields of EVENT, then a table event's payload). Not frozen: mypyc
+    compiles a plain dataclass as a native class (a frozen one stays interpreted, and setting its
+    fields through object.__setattr__ was most of a replay's time); nothing changes an event."""
+
     kind: int
     arg: int
     insn: int
@@ -122,7 +126,8 @@ class EventStream:
             elif kind == STORE and fields[1] not in (1, 2, 4, 8):
                 raise RecordingError(f"store of width {fields[1]} at event-stream byte offset "
                                      f"{self.offset + pos} (valid: 1, 2, 4, 8)")
-            yield Event(*fields, payload=payload)
+            yield Event(kind, fields[1], fields[2], fields[3], fields[4], fields[5], fields[6],
+                        fields[7], fields[8], fields[9], payload)
             pos += size + len(payload)
         self.buf = buf[pos:]
         self.offset += pos

@@ -41,14 +41,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import bench
 from bench.errors import BenchError
 from bench.guest import Guest
 from bench.machine.paging import A, D, P, RW
 from bench.ops import BTR, CR3, INVLPG, LOAD, MARK, PAGE_OFFSET, STORE, gap
 from bench.record import format as fmt
 
-SHIPPED_DIR = Path(__file__).resolve().parents[2] / "recordings"
-"""The recordings shipped with shadowbench (recordings/README.md)."""
+SHIPPED_DIR = Path(bench.__file__).resolve().parents[1] / "recordings"
+"""The recordings shipped with shadowbench (recordings/README.md), beside the ``bench`` package in
+use (found from it, not from this module, which may be the compiled build's, bench._compiled)."""
 DIRECT_END = 0xF7800000
 """End of the 6.1 i386 kernel's direct map as the recorder sees it (docs/recording.md)."""
 PTI_USER_OFFSET = 0x1000

@@ -259,16 +259,47 @@ def _image(mem, frames, mask):
     return out
 
 
+def _prefix(name: str) -> dict:
+    return {"recording": name,
+            "events": CONFORMANCE_PREFIX if name in REAL_GUESTS else OTHER_PREFIX}
+
+
+@pytest.fixture(scope="module")
+def native_reference():
+    """The prefix of a shipped recording run natively, once per recording for every policy's
+    test: ``(name, mask) -> (operations, native counters, page faults, table frames, memory image
+    with A and D masked in those frames if mask)``."""
+    made: dict[str, tuple] = {}
+
+    def reference(name: str, mask: bool) -> tuple:
+        if name not in made:
+            ref = make_workload("guest", _prefix(name)).build(random.Random(0))
+            native = NativeMachine(ref.guest.mem, ref.guest.mode, ref.cr3s)
+            native_ops = []
+            for op in ref.ops:
+                native_ops.append(op)
+                native.step(op)
+            made[name] = (native_ops, native.counters.as_dict(),
+                          native.counters.native_page_fault, ref.guest.mem,
+                          set(ref.guest.mem.tables) | _table_frames(name), {})
+        native_ops, counters, faults, mem, frames, images = made[name]
+        if mask not in images:
+            images[mask] = _image(mem, frames, mask)
+        return native_ops, counters, faults, frames, images[mask]
+
+    return reference
+
+
 @pytest.mark.parametrize("spec", sorted(policies()))
 @pytest.mark.parametrize("name", sorted(replay.shipped()))
-def test_shipped_recording_conforms_under_every_policy(name, spec):
+def test_shipped_recording_conforms_under_every_policy(name, spec, native_reference):
     """The native-equivalence property and the invariants (as tests/test_conformance.py states
     them) on the first CONFORMANCE_PREFIX events of each shipped recording: guest memory under
     the policy equals native (A and D masked in every table frame for tlb_like policies), the
     guest takes the page faults it takes natively (none: every recorded access is mapped), the
-    native counts agree, and check_shadow holds after every operation."""
-    params = {"recording": name,
-              "events": CONFORMANCE_PREFIX if name in REAL_GUESTS else OTHER_PREFIX}
+    native counts agree, and check_shadow holds after every operation. The native run is made
+    once per recording (``native_reference``)."""
+    params = _prefix(name)
     workload = make_workload("guest", params)
     policy = make_policy(spec)
     if getattr(policy, "needs_trace", False):
@@ -284,22 +315,16 @@ def test_shipped_recording_conforms_under_every_policy(name, spec):
         machine.step(op)
         if shadow:
             check_shadow(machine)
-    ref = make_workload("guest", params).build(random.Random(0))
-    native = NativeMachine(ref.guest.mem, ref.guest.mode, ref.cr3s)
-    native_ops = []
-    for op in ref.ops:
-        native_ops.append(op)
-        native.step(op)
+    mask = bool(getattr(policy, "tlb_like", False))
+    native_ops, native_counters, native_faults, frames, native_image = native_reference(name, mask)
     assert ops == native_ops
-    assert native.counters.native_page_fault == 0
+    assert native_faults == 0
     if shadow:
         assert machine.counters.pf_guest + machine.counters.pf_bypassed == 0
     keys = [k for k in NATIVE_COUNTERS if k != "native_page_fault"]
     got = machine.counters.as_dict()
-    assert {k: got[k] for k in keys} == {k: native.counters.as_dict()[k] for k in keys}
-    frames = set(ref.guest.mem.tables) | _table_frames(name)
-    mask = bool(getattr(policy, "tlb_like", False))
-    assert _image(run.guest.mem, frames, mask) == _image(ref.guest.mem, frames, mask)
+    assert {k: got[k] for k in keys} == {k: native_counters[k] for k in keys}
+    assert _image(run.guest.mem, frames, mask) == native_image
 
 
 def test_validation_counts_on_the_tiny_recording(tiny):

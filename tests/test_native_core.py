@@ -288,7 +288,8 @@ def test_the_slow_path_is_announced_in_one_line(tmp_path):
     """Without the native core, `bench run` says so once on stderr, and still runs."""
     env = dict(os.environ, SHADOWBENCH_NATIVE="0")
     done = subprocess.run([sys.executable, "-m", "bench", "run", "-p", "always-emulate", "-w",
-                           "kmap", "--quick", "--seeds", "1", "--no-progress", "--json", "-"],
+                           "kmap", "--quick", "--seeds", "1", "--no-progress", "--json", "-",
+                           "--out", str(tmp_path / "out")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.splitlines() if "slow path" in line]

@@ -35,6 +35,15 @@ def load(name: str):
     return rec, list(rec.events()), symbol_lookup(rec)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_events():
+    """Drop the cached events when this module's tests are done: millions of live Event objects
+    make every later full garbage collection (one per simulation, bench.cell.gc_paused) cost
+    about a second, which had slowed the rest of the suite by minutes."""
+    yield
+    load.cache_clear()
+
+
 RECLAIM = ["reclaim-686-pae.rec", "reclaim-686.rec"]
 FORK = ["fork-exit-686-pae.rec", "fork-exit-686.rec"]
 

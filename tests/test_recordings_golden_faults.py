@@ -53,6 +53,15 @@ def load(name: str):
     return rec, events, phases, sym
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_events():
+    """Drop the cached events when this module's tests are done: millions of live Event objects
+    make every later full garbage collection (one per simulation, bench.cell.gc_paused) cost
+    about a second, which had slowed the rest of the suite by minutes."""
+    yield
+    load.cache_clear()
+
+
 def pte_stores(events, eb: int):
     """(event, user va the pte maps) for every store to a level-1 table with a user va, tracking
     which virtual range each table frame maps from its table events."""

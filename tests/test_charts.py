@@ -313,11 +313,32 @@ def test_stripped_subsets_hook_is_undone_and_its_folder_removed():
     from matplotlib.backends import _backend_pdf_ps
 
     before = _backend_pdf_ps.get_glyphs_subset
-    with fonts.stripped_subsets():
-        assert _backend_pdf_ps.get_glyphs_subset is not before
-        folder = fonts._FOLDER[0]
-        assert os.path.isdir(folder)
+    with fonts.stripped_subsets() as folder:
+        assert _backend_pdf_ps.get_glyphs_subset is not before and os.path.isdir(folder)
     assert _backend_pdf_ps.get_glyphs_subset is before and not os.path.exists(folder)
+
+
+def test_a_subset_is_cut_once_and_the_pdfs_are_the_same_bytes(doc, tmp_path, monkeypatch):
+    from matplotlib.backends import _backend_pdf_ps
+
+    names = charts.chart_names(doc)
+    alone = {}
+    for name in names:  # each chart by a drawing of its own: every subset cut afresh
+        [path] = charts.write_charts(doc, str(tmp_path / name), formats=("pdf",), only=[name])
+        alone[name] = open(path, "rb").read()
+    cuts: list[tuple[str, frozenset]] = []
+    real = _backend_pdf_ps.get_glyphs_subset
+
+    def counting(fontfile, glyphs):
+        cuts.append((os.fspath(fontfile), frozenset(glyphs)))
+        return real(fontfile, glyphs)
+
+    monkeypatch.setattr(_backend_pdf_ps, "get_glyphs_subset", counting)
+    together = charts.write_charts(doc, str(tmp_path / "all"), formats=("pdf",), jobs=1)
+    embedded = sum(len(_embedded_fonts(open(p, "rb").read())) for p in together)
+    assert len(cuts) == len(set(cuts)) < embedded  # the repeated glyph sets were cut once
+    for name, path in zip(names, together):
+        assert open(path, "rb").read() == alone[name], name
 
 
 def test_each_format_is_drawn_once_and_the_png_is_what_savefig_draws(doc, tmp_path, monkeypatch):

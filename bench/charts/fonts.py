@@ -12,6 +12,7 @@ per font file into a folder that lives as long as the drawing: the same glyph or
 other table (glyf, loca, hmtx, cmap, post, name, OS/2, the hinting programs, MATH) the same
 bytes, so every glyph outline and advance embedded is the same. The embedded subsets already
 had no kern table (fontTools drops it beside GPOS); now they have no GSUB, GPOS or GDEF either.
+A subset of glyphs already cut in the same process is not cut again: its bytes are reused.
 
 The hook is matplotlib's private ``_backend_pdf_ps.get_glyphs_subset``; a matplotlib without it
 embeds the full font's subsets, as before (tests/test_charts.py checks that the hook takes).
@@ -21,16 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 from bench.files import atomic_write
 
 LAYOUT_TABLES: tuple[str, ...] = ("GSUB", "GPOS", "GDEF", "kern")
 """The tables only text layout reads, left out of the copy the PDF subsets are cut from."""
-
-_FOLDER: list[str] = []  # the folder of the copies while stripped_subsets is active
 
 
 def layout_free_copy(path: str, face_index: int, folder: str) -> str:
@@ -55,29 +56,47 @@ def layout_free_copy(path: str, face_index: int, folder: str) -> str:
 
 
 @contextlib.contextmanager
-def stripped_subsets() -> Iterator[None]:
+def stripped_subsets() -> Iterator[str]:
     """While active (in this process and in the processes it forks), PDF font subsets are cut
-    from layout-free copies (layout_free_copy) kept in a temporary folder."""
+    from layout-free copies (layout_free_copy) kept in a temporary folder, whose path it
+    yields, and a subset of the same glyphs of the same font is cut once per process (charts
+    share many: every chart naming flood-count has a subset of just its ``fl`` ligature)."""
     from matplotlib.backends import _backend_pdf_ps
 
     subset = getattr(_backend_pdf_ps, "get_glyphs_subset", None)
-    if subset is None:
-        yield
-        return
-
-    def from_copy(fontfile, glyphs):
-        index = getattr(fontfile, "face_index", 0)
-        copy = layout_free_copy(os.fspath(fontfile), index, _FOLDER[0])
-        if copy == os.fspath(fontfile):
-            return subset(fontfile, glyphs)
-        return subset(type(fontfile)(copy, 0) if hasattr(fontfile, "face_index") else copy,
-                      glyphs)
-
     with tempfile.TemporaryDirectory(prefix="shadowbench-fonts-") as folder:
-        _FOLDER[:] = [folder]
+        if subset is None:
+            yield folder
+            return
+        by_glyphs = hasattr(_backend_pdf_ps, "SubsetResults")  # matplotlib >= 3.11
+        cut: dict[tuple[str, frozenset[int]], tuple[Any, bytes, dict[int, int]]] = {}
+
+        def from_copy(fontfile, glyphs):
+            path = os.fspath(fontfile)
+            copy = layout_free_copy(path, getattr(fontfile, "face_index", 0), folder)
+            if copy != path:
+                fontfile = type(fontfile)(copy, 0) if hasattr(fontfile, "face_index") else copy
+            if not by_glyphs:  # an older matplotlib, which subsets by characters
+                return subset(fontfile, glyphs)
+            key = (copy, frozenset(glyphs))
+            if key not in cut:
+                with subset(fontfile, glyphs) as result:
+                    cut[key] = (type(result), _backend_pdf_ps.font_as_file(result.font).getvalue(),
+                                dict(result.glyph_index_map))
+            return _reopened(*cut[key])
+
         _backend_pdf_ps.get_glyphs_subset = from_copy
         try:
-            yield
+            yield folder
         finally:
             _backend_pdf_ps.get_glyphs_subset = subset
-            _FOLDER.clear()
+
+
+@contextlib.contextmanager
+def _reopened(kind: Any, data: bytes, glyph_index_map: dict[int, int]) -> Iterator[Any]:
+    """A subset cut before, as matplotlib's ``SubsetResults``: the font opened from its bytes
+    (saved again, the same bytes: its timestamp is kept)."""
+    from fontTools.ttLib import TTFont
+
+    with TTFont(io.BytesIO(data), recalcTimestamp=False) as font:
+        yield kind(font, dict(glyph_index_map))

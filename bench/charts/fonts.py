@@ -73,7 +73,10 @@ def stripped_subsets() -> Iterator[str]:
 
         def from_copy(fontfile, glyphs):
             path = os.fspath(fontfile)
-            copy = layout_free_copy(path, getattr(fontfile, "face_index", 0), folder)
+            try:
+                copy = layout_free_copy(path, getattr(fontfile, "face_index", 0), folder)
+            except OSError:  # no room for the copy: the whole font's subset, as before
+                copy = path
             if copy != path:
                 fontfile = type(fontfile)(copy, 0) if hasattr(fontfile, "face_index") else copy
             if not by_glyphs:  # an older matplotlib, which subsets by characters

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness_util import bench, has_policies  # noqa: E402
 
 from bench import charts, results  # noqa: E402
-from bench.charts import cache, data, style  # noqa: E402
+from bench.charts import cache, data, fonts, style  # noqa: E402
 from bench.report import report_text  # noqa: E402
 
 POLICIES = [p for p in ("always-emulate", "always-unshadow", "flood-count", "unsync", "xen-oos",
@@ -229,6 +229,146 @@ def test_formats_and_print_sizes(doc, tmp_path):
     assert _png_size(column[0])[0] == 990
 
 
+# -- drawn once per format; PDF fonts cut from layout-free copies ------------------------------
+def _embedded_fonts(pdf: bytes) -> list:
+    """Every TrueType font file (/FontFile2 stream) of a PDF matplotlib wrote, as TTFonts."""
+    import io
+    import re
+    import zlib
+
+    from fontTools.ttLib import TTFont
+
+    fonts = []
+    for number in sorted(set(re.findall(rb"/FontFile2 (\d+) 0 R", pdf))):
+        head = re.search(rb"\n" + number + rb" 0 obj\s*<<(.*?)>>\s*stream\r?\n", pdf, re.S)
+        assert head, number
+        length = int(re.search(rb"/Length (\d+)", head.group(1)).group(1))
+        data = pdf[head.end():head.end() + length]
+        fonts.append(TTFont(io.BytesIO(zlib.decompress(data) if b"/FlateDecode" in head.group(1)
+                                       else data)))
+    return fonts
+
+
+def _matplotlib_font(postscript_name: str):
+    """The TTFont of the matplotlib font file of that PostScript name."""
+    from fontTools.ttLib import TTFont
+    from matplotlib import font_manager
+
+    for entry in font_manager.fontManager.ttflist:
+        if entry.fname.endswith(".ttf"):
+            font = TTFont(entry.fname, lazy=True)
+            if font["name"].getDebugName(6) == postscript_name:
+                return font
+    raise AssertionError(postscript_name)
+
+
+def test_pdf_fonts_are_embedded_without_layout_tables_and_with_the_same_glyphs(doc, tmp_path):
+    from fontTools.pens.recordingPen import RecordingPen
+
+    [pdf] = charts.write_charts(doc, str(tmp_path), formats=("pdf",), only=["cycles-tiny"])
+    embedded = _embedded_fonts(open(pdf, "rb").read())
+    assert len(embedded) >= 2  # the regular and the bold face at least
+    seen = set()
+    for subset in embedded:
+        assert not set(fonts.LAYOUT_TABLES) & set(subset.keys()), sorted(subset.keys())
+        assert {"glyf", "hmtx", "cmap", "post", "name"} <= set(subset.keys())
+        source = _matplotlib_font(subset["name"].getDebugName(6))
+        full, cut = source.getGlyphSet(), subset.getGlyphSet()
+        for glyph in subset.getGlyphOrder()[1:]:  # .notdef: emptied by every subset
+            assert subset["hmtx"][glyph] == source["hmtx"][glyph], glyph
+            drawn, expected = RecordingPen(), RecordingPen()
+            cut[glyph].draw(drawn)
+            full[glyph].draw(expected)
+            assert drawn.value == expected.value, glyph
+            seen.add(glyph)
+    # the text is still laid out with the full font (libraqm: GSUB ligatures, GPOS kerning)
+    if has_policies("flood-count"):
+        assert "fl" in seen  # flood-count's "fl" ligature
+
+
+def test_layout_free_copy_keeps_every_other_table(tmp_path):
+    from fontTools.ttLib import TTFont
+    from matplotlib import font_manager
+
+    source = font_manager.findfont("DejaVu Sans")
+    copy = fonts.layout_free_copy(source, 0, str(tmp_path))
+    assert copy != source and os.path.dirname(copy) == str(tmp_path)
+    full, cut = TTFont(source, lazy=True), TTFont(copy, lazy=True)
+    assert {"GSUB", "GPOS"} <= set(full.keys())
+    assert set(cut.keys()) == set(full.keys()) - set(fonts.LAYOUT_TABLES)
+    assert cut.getGlyphOrder() == full.getGlyphOrder()
+    for tag in cut.keys():
+        if tag not in ("GlyphOrder", "head"):
+            assert cut.reader[tag] == full.reader[tag], tag
+    stamp = os.stat(copy).st_mtime_ns
+    assert fonts.layout_free_copy(source, 0, str(tmp_path)) == copy  # made once per folder
+    assert os.stat(copy).st_mtime_ns == stamp
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    assert fonts.layout_free_copy(copy, 0, str(bare)) == copy  # nothing to leave out
+    assert not os.listdir(bare)
+
+
+def test_stripped_subsets_hook_is_undone_and_its_folder_removed():
+    from matplotlib.backends import _backend_pdf_ps
+
+    before = _backend_pdf_ps.get_glyphs_subset
+    with fonts.stripped_subsets() as folder:
+        assert _backend_pdf_ps.get_glyphs_subset is not before and os.path.isdir(folder)
+    assert _backend_pdf_ps.get_glyphs_subset is before and not os.path.exists(folder)
+
+
+def test_a_subset_is_cut_once_and_the_pdfs_are_the_same_bytes(doc, tmp_path, monkeypatch):
+    from matplotlib.backends import _backend_pdf_ps
+
+    names = charts.chart_names(doc)
+    alone = {}
+    for name in names:  # each chart by a drawing of its own: every subset cut afresh
+        [path] = charts.write_charts(doc, str(tmp_path / name), formats=("pdf",), only=[name])
+        alone[name] = open(path, "rb").read()
+    cuts: list[tuple[str, frozenset]] = []
+    real = _backend_pdf_ps.get_glyphs_subset
+
+    def counting(fontfile, glyphs):
+        cuts.append((os.fspath(fontfile), frozenset(glyphs)))
+        return real(fontfile, glyphs)
+
+    monkeypatch.setattr(_backend_pdf_ps, "get_glyphs_subset", counting)
+    together = charts.write_charts(doc, str(tmp_path / "all"), formats=("pdf",), jobs=1)
+    embedded = sum(len(_embedded_fonts(open(p, "rb").read())) for p in together)
+    assert len(cuts) == len(set(cuts)) < embedded  # the repeated glyph sets were cut once
+    for name, path in zip(names, together):
+        assert open(path, "rb").read() == alone[name], name
+
+
+def test_each_format_is_drawn_once_and_the_png_is_what_savefig_draws(doc, tmp_path, monkeypatch):
+    import io
+
+    from matplotlib.figure import Figure
+
+    draws: list[str] = []
+    real = Figure.draw
+
+    def counting(self, renderer):
+        draws.append(type(renderer).__name__)
+        return real(self, renderer)
+
+    monkeypatch.setattr(Figure, "draw", counting)
+    paths = charts.write_charts(doc, str(tmp_path), only=["cycles-tiny"])
+    assert len(draws) == 3, draws  # the layout (the PNG's raster), the PDF, the SVG
+    monkeypatch.setattr(Figure, "draw", real)
+    # the PNG is byte for byte what savefig would draw again, the SVG what it draws after a
+    # layout kept by the "none" engine
+    fig = charts.figure(doc, "cycles-tiny", "full")
+    fig.set_dpi(style.DPI)
+    fig.canvas.draw()
+    fig.set_layout_engine("none")
+    for fmt, metadata in (("png", {"Software": "shadowbench"}), ("svg", {"Date": None})):
+        again = io.BytesIO()
+        fig.savefig(again, format=fmt, dpi=style.DPI, metadata=metadata)
+        assert again.getvalue() == open(paths[2 if fmt == "png" else 1], "rb").read(), fmt
+
+
 # -- cache ---------------------------------------------------------------------------------------
 def test_unchanged_charts_are_not_redrawn_and_stale_ones_never_served(doc, tmp_path, monkeypatch):
     folder = str(tmp_path / "c")
@@ -284,6 +424,9 @@ def test_the_cache_key_covers_the_chart_code(tmp_path):
     source.write_text("A = 2\n")
     assert cache.digest_of([str(source)], "3.11") != before
     assert cache.chart_key("d", "cycles-x", "full") != cache.chart_key("d", "cycles-x", "column")
+    # the libraries that write the files: the PDFs' font subsets, the PNGs' encoding
+    assert [v.split("=")[0] for v in cache.library_versions().split()] == [
+        "matplotlib", "fonttools", "pillow"]
 
 
 def test_only_some_charts_leaves_the_others(doc, tmp_path):

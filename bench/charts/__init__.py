@@ -4,8 +4,10 @@ Per workload entry of a run: ``cycles-<workload>`` (bench.charts.cycles) and, wh
 ``traps-<workload>`` (bench.charts.traps); ``opt-ratio`` over all workloads
 (bench.charts.ratio); for a sweep, ``sweep-<param>-<workload>`` and
 ``sweep-ratio-<param>-<workload>`` instead (bench.charts.sweep). Each chart is written as PDF,
-SVG and PNG (or the formats asked for), each file atomically; a chart whose results, code and
-options are unchanged is not drawn again (bench.charts.cache). Nothing here runs a simulation.
+SVG and PNG (or the formats asked for), each file atomically, drawn once per format (the PNG is
+the raster of the draw that lays the figure out) and each PDF's fonts embedded from copies
+without their layout tables (bench.charts.fonts); a chart whose results, code and options are
+unchanged is not drawn again (bench.charts.cache). Nothing here runs a simulation.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from bench.charts import cache, cycles, ratio, style, sweep, traps
+from bench.charts import cache, cycles, fonts, ratio, style, sweep, traps
 from bench.charts.data import slug
 from bench.errors import BenchError
 from bench.files import atomic_write
@@ -98,11 +100,20 @@ def figure(doc: dict[str, Any], name: str, width: str):
 
 
 def save(fig, folder: str, name: str, fmt: str) -> str:
+    """Write ``fig`` as ``folder/name.fmt``; a PNG is the Agg raster of the figure's last draw
+    (``fig.canvas.draw()`` at style.DPI: the same pixels and bytes savefig would draw again)."""
     path = os.path.join(folder, f"{name}.{fmt}")
     metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None, "ModDate": None},
                 "png": {"Software": "shadowbench"}}[fmt]
-    atomic_write(path, lambda handle: fig.savefig(handle, format=fmt, dpi=style.DPI,
-                                                  metadata=metadata), binary=True)
+    if fmt == "png":
+        from matplotlib.image import imsave
+
+        atomic_write(path, lambda handle: imsave(handle, fig.canvas.buffer_rgba(), format="png",
+                                                 origin="upper", dpi=fig.dpi,
+                                                 metadata=metadata), binary=True)
+    else:
+        atomic_write(path, lambda handle: fig.savefig(handle, format=fmt, dpi=style.DPI,
+                                                      metadata=metadata), binary=True)
     return path
 
 
@@ -114,12 +125,29 @@ def _draw(job: tuple[str, str, str, tuple[str, ...]]) -> dict[str, str]:
     folder, name, width, formats = job
     fig = figure(_DOC[0], name, width)
     fig.set_dpi(style.DPI)
-    fig.canvas.draw()  # lay out once at the output resolution, then keep that layout
-    fig.set_layout_engine("none")
+    fig.canvas.draw()  # lay out once at the output resolution (the PNG's pixels), then keep it
+    style.keep_layout(fig)
     try:
         return {fmt: cache.file_digest(save(fig, folder, name, fmt)) or "" for fmt in formats}
     finally:
         style.pyplot().close(fig)
+
+
+def _draw_all(todo: list[tuple[str, str, str, tuple[str, ...]]],
+              jobs: int) -> list[dict[str, str]]:
+    """Every job drawn (by ``jobs`` forked processes), each PDF's fonts embedded from their
+    layout-free copies (bench.charts.fonts)."""
+    if not todo:
+        return []  # matplotlib not even imported
+    with fonts.stripped_subsets():
+        if jobs <= 1 or len(todo) <= 1 or sys.platform == "win32":
+            return [_draw(job) for job in todo]
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(jobs, len(todo)),
+                                 mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_draw, todo))
 
 
 def keep_drawn(doc: dict[str, Any], folder: str, formats: tuple[str, ...] = FORMATS,
@@ -169,15 +197,7 @@ def write_charts(doc: dict[str, Any], folder: str, jobs: int = 1,
             todo.append((folder, n, width, missing))
     _DOC[:] = [doc]
     try:
-        if jobs <= 1 or len(todo) <= 1 or sys.platform == "win32":
-            drawn = [_draw(job) for job in todo]
-        else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(min(jobs, len(todo)),
-                                     mp_context=multiprocessing.get_context("fork")) as pool:
-                drawn = list(pool.map(_draw, todo))
+        drawn = _draw_all(todo, jobs)
     finally:
         _DOC.clear()
     for (_, n, _, _), files in zip(todo, drawn):

@@ -3,7 +3,9 @@ the same key and its file still has the recorded SHA-256.
 
 The key covers everything a chart is made from: the results document (without
 ``meta.volatile``, which no chart shows), the source of the chart code (every module of
-bench.charts and bench/costs.py), the matplotlib version, the chart's name and its width. So a
+bench.charts and bench/costs.py), the versions of the libraries that write the files
+(matplotlib; fontTools, which cuts the PDFs' font subsets; Pillow, which encodes the PNGs), the
+chart's name and its width. So a
 chart is never served from other results or other code; a file edited or replaced since it was
 drawn is drawn again.
 """
@@ -40,12 +42,20 @@ def digest_of(paths: list[str], salt: str) -> str:
     return h.hexdigest()
 
 
-def code_digest() -> str:
-    """SHA-256 over the chart code's sources and the matplotlib version (once per process)."""
-    if not _CODE:
-        from importlib.metadata import version
+LIBRARIES: tuple[str, ...] = ("matplotlib", "fonttools", "pillow")
+"""The distributions whose versions a chart's bytes depend on."""
 
-        _CODE.append(digest_of(sources(), version("matplotlib")))
+
+def library_versions() -> str:
+    from importlib.metadata import version
+
+    return " ".join(f"{name}={version(name)}" for name in LIBRARIES)
+
+
+def code_digest() -> str:
+    """SHA-256 over the chart code's sources and library_versions() (once per process)."""
+    if not _CODE:
+        _CODE.append(digest_of(sources(), library_versions()))
     return _CODE[0]
 
 

@@ -16,7 +16,8 @@ colour in every chart whichever others are present:
 
 Sizes are print sizes: a figure is 3.3 in (one column) or 7 in (full width) wide and every font
 is at least 7 pt at that size. PNG is written at 300 dpi, SVG keeps its text as text
-(``svg.fonttype = none``) and PDF embeds TrueType fonts (``pdf.fonttype = 42``).
+(``svg.fonttype = none``) and PDF embeds TrueType fonts (``pdf.fonttype = 42``; their subsets
+without the layout tables, bench.charts.fonts).
 """
 
 from __future__ import annotations
@@ -223,6 +224,17 @@ def figure(width: str, height: float):
     fig = plt.figure(figsize=(WIDTHS[width], height), layout="constrained")
     fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.02, hspace=0.02)
     return fig
+
+
+def keep_layout(fig) -> None:
+    """After a draw has laid ``fig`` out, remove its layout engine, so that every format saved
+    later keeps that layout and savefig does not draw the figure once more before each file
+    just to run an engine (the placeholder engine ``"none"`` would still make it do that)."""
+    import matplotlib
+
+    with matplotlib.rc_context({"figure.autolayout": False,
+                                "figure.constrained_layout.use": False}):
+        fig.set_layout_engine(None)  # None under these settings: no engine at all
 
 
 LEGEND_ROW_IN = 0.135

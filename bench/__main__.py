@@ -173,7 +173,6 @@ def execute(args: argparse.Namespace, experiment: exp.Experiment, out: str,
 
     choice, shard = sweep_options(args)
     jobs = args.jobs or os.cpu_count() or 1
-    warn_slow_path()
     progress = None if args.no_progress else Progress()
     executor = None
     try:
@@ -199,13 +198,13 @@ def execute(args: argparse.Namespace, experiment: exp.Experiment, out: str,
 
 
 def warn_slow_path() -> None:
-    """One line on stderr when the native core is not in use (issue 17): replays then run in the
-    Python reference, many times slower."""
+    """One line on stderr when the native core is not in use (issue 17): the simulation then
+    runs in the Python reference, many times slower."""
     from bench import core
 
     if not core.available():
         print(f"shadowbench: running the slow path: the native core is {core.state()}; "
-              "policies replay in Python (`pip install .` with a C compiler builds it)",
+              "the simulation runs in Python (`pip install .` with a C compiler builds it)",
               file=sys.stderr)
 
 
@@ -215,6 +214,7 @@ def _execute_locked(args: argparse.Namespace, experiment: exp.Experiment, out: s
                     shard: tuple[int, int] | None) -> tuple[dict[str, Any], int | None]:
     from bench import runner
 
+    warn_slow_path()  # after the inputs and the output folder are known good: never beside an error
     started = results.now()
     if progress:
         progress.phase("cells")

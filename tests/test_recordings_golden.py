@@ -24,7 +24,7 @@ import pytest
 
 from bench.record import format as F
 
-from _recording_util import RECORDINGS, symbol_lookup
+from _recording_util import RECORDINGS, released_after_module, symbol_lookup
 
 ROOT = RECORDINGS
 
@@ -35,13 +35,7 @@ def load(name: str):
     return rec, list(rec.events()), symbol_lookup(rec)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _release_events():
-    """Drop the cached events when this module's tests are done: millions of live Event objects
-    make every later full garbage collection (one per simulation, bench.cell.gc_paused) cost
-    about a second, which had slowed the rest of the suite by minutes."""
-    yield
-    load.cache_clear()
+_release_events = released_after_module(load)
 
 
 RECLAIM = ["reclaim-686-pae.rec", "reclaim-686.rec"]

@@ -31,7 +31,7 @@ import pytest
 
 from bench.record import format as F
 
-from _recording_util import RECORDINGS, symbol_lookup
+from _recording_util import RECORDINGS, released_after_module, symbol_lookup
 
 ROOT = RECORDINGS
 PTE_BITS = 0x67  # present, RW, user, accessed, dirty
@@ -53,13 +53,7 @@ def load(name: str):
     return rec, events, phases, sym
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _release_events():
-    """Drop the cached events when this module's tests are done: millions of live Event objects
-    make every later full garbage collection (one per simulation, bench.cell.gc_paused) cost
-    about a second, which had slowed the rest of the suite by minutes."""
-    yield
-    load.cache_clear()
+_release_events = released_after_module(load)
 
 
 def pte_stores(events, eb: int):

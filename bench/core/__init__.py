@@ -288,16 +288,13 @@ def generate(run: Any, policy: Any) -> NativeRun | None:
     otherwise; ``run.ops`` is then untouched or, if it was iterated to find out, still whole
     (bench.core.generators.Deferred keeps the iterator it chose)."""
     module = load()
-    if module is None or native_spec(policy) is None:
+    if module is None:
         return None
     ops = iter(run.ops)
     if type(ops) is not module.ScanStream:
         return None
-    mem, pae = run.guest.mem, run.guest.mode.pae
-    core = _core(module, policy, mem, pae, list(run.cr3s), b"\0\1")
-    if core is None:
-        return None
-    return NativeRun(core, core.run_stream(ops))
+    core = _core(module, policy, run.guest.mem, run.guest.mode.pae, list(run.cr3s), b"\0\1")
+    return None if core is None else NativeRun(core, core.run_stream(ops))
 
 
 def replay(recording: Any, policy: Any, mem: Any, pae: bool, cr3s: list[int]

@@ -3099,6 +3099,97 @@ static PyObject *Native_run_tee(Native *self, PyObject *args) {
     return r;
 }
 
+/* the recording's id of instruction name ``insn``, given a new one when it is new (ids:
+ * name -> id, names: id -> name); the cache holds the names list's own objects, so a hit by
+ * identity is always the right name */
+typedef struct {
+    PyObject *key[8];
+    long long id[8];
+    int n;
+} insn_cache_t;
+
+static int insn_id(PyObject *ids, PyObject *names, insn_cache_t *cache, PyObject *insn,
+                   long long *out) {
+    for (int i = 0; i < cache->n; i++)
+        if (cache->key[i] == insn) {
+            *out = cache->id[i];
+            return 0;
+        }
+    PyObject *id = PyDict_GetItemWithError(ids, insn); /* borrowed */
+    if (!id) {
+        if (PyErr_Occurred())
+            return -1;
+        id = PyLong_FromSsize_t(PyList_GET_SIZE(names));
+        if (!id || PyDict_SetItem(ids, insn, id) < 0 || PyList_Append(names, insn) < 0) {
+            Py_XDECREF(id);
+            return -1;
+        }
+        Py_DECREF(id); /* the dict holds it */
+        id = PyDict_GetItemWithError(ids, insn);
+        if (!id)
+            return -1;
+    }
+    long long v = PyLong_AsLongLong(id);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    *out = v;
+    if (cache->n < 8 && v >= 0 && v < PyList_GET_SIZE(names) &&
+        PyList_GET_ITEM(names, v) == insn) {
+        cache->key[cache->n] = insn;
+        cache->id[cache->n++] = v;
+    }
+    return 0;
+}
+
+/* the next operation of a Python iterator for run_tee, generated with ``mem.log`` = ``log``
+ * (its ``at`` = ``count``, the operations executed before) and detached afterwards: 1 with
+ * the fields set (*op the tuple, owned; *insn borrowed from it, NULL without a sixth field;
+ * kind -1 when the item is not an operation), 0 at the end, -1 on an error */
+static int tee_next_tuple(Native *self, PyObject *it, PyObject *mem, PyObject *log,
+                          long long count, PyObject **op_out, long long *kind, long long *cpu,
+                          u64 *addr, i64 *arg, u64 *value, PyObject **insn) {
+    PyObject *at = PyLong_FromLongLong(count);
+    if (!at || PyObject_SetAttrString(log, "at", at) < 0 ||
+        PyObject_SetAttrString(mem, "log", log) < 0) {
+        Py_XDECREF(at);
+        return -1;
+    }
+    Py_DECREF(at);
+    PyObject *op = PyIter_Next(it);
+    page_cache_clear(self); /* the generator ran: its memory may have changed */
+    PyObject *etype, *evalue, *etb;
+    PyErr_Fetch(&etype, &evalue, &etb); /* the generator's exception, kept over the reset */
+    if (PyObject_SetAttrString(mem, "log", Py_None) < 0) {
+        Py_XDECREF(op);
+        Py_XDECREF(etype);
+        Py_XDECREF(evalue);
+        Py_XDECREF(etb);
+        return -1;
+    }
+    if (etype) {
+        Py_XDECREF(op);
+        PyErr_Restore(etype, evalue, etb);
+        return -1;
+    }
+    if (!op)
+        return 0;
+    *op_out = op;
+    if (!PyTuple_Check(op) || PyTuple_GET_SIZE(op) < 5)
+        return 1; /* kind stays -1: the caller's error */
+    *kind = PyLong_AsLongLong(PyTuple_GET_ITEM(op, 0));
+    *cpu = PyLong_AsLongLong(PyTuple_GET_ITEM(op, 1));
+    *addr = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(op, 2));
+    *arg = PyLong_AsLongLong(PyTuple_GET_ITEM(op, 3));
+    *value = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(op, 4));
+    if (PyErr_Occurred()) {
+        Py_DECREF(op);
+        *op_out = NULL;
+        return -1;
+    }
+    *insn = PyTuple_GET_SIZE(op) == 6 ? PyTuple_GET_ITEM(op, 5) : NULL;
+    return 1;
+}
+
 /* a chunk to the recording: sink(columns, n, reads), columns None when an operation could not
  * be packed; on the direct path the stream's reads go to read_sink(read columns, count) */
 static int tee_flush(PyObject *array_type, void *const cols[6], Py_ssize_t n, int packable,
@@ -3155,140 +3246,42 @@ static PyObject *Native_run_tee_impl(Native *self, PyObject *args) {
     Py_ssize_t n = 0;
     long long count = 0;
     int packable = 1;
+    insn_cache_t cache = {.n = 0};
     /* a ScanStream (bench/core/_scan.c) hands its operations over without a tuple and reads
      * guest memory through this executor (native_stream_read: GuestMemory's read32/read_entry
      * on the same dictionaries), logging each read itself (handed over with each chunk) */
     direct = it ? scan_stream_check(it) : 0;
-    PyObject *cache_insn[8] = {0};
-    long long cache_id[8];
-    int ncache = 0;
     if (direct)
         scan_stream_attach(it, native_stream_read, self, 1);
-    while (direct) {
-        int kind, cpu;
-        u64 addr, value;
-        i64 arg;
-        PyObject *insn;
-        int got = scan_stream_pull(it, count, &kind, &cpu, &addr, &arg, &value, &insn);
+    for (;;) {
+        long long kind = -1, cpu = -1;
+        u64 addr = 0, value = 0;
+        i64 arg = 0;
+        PyObject *op = NULL, *insn = NULL; /* op: the tuple (owned), insn borrowed from it */
+        int got;
+        if (direct) {
+            int k, c;
+            got = scan_stream_pull(it, count, &k, &c, &addr, &arg, &value, &insn);
+            kind = k;
+            cpu = c;
+        } else {
+            got = tee_next_tuple(self, it, mem, log, count, &op, &kind, &cpu, &addr, &arg,
+                                 &value, &insn);
+        }
         if (got < 0)
             goto done;
         if (!got)
             break;
-        if (cpu >= self->cpus) {
-            PyErr_Format(PyExc_ValueError, "native executor: operation kind %d on cpu %d "
+        if (kind < 0 || kind > K_MARK || cpu < 0 || cpu >= self->cpus) {
+            Py_XDECREF(op);
+            PyErr_Format(PyExc_ValueError, "native executor: operation kind %lld on cpu %lld "
                          "(cpus 0..%d)", kind, cpu, self->cpus - 1);
             goto done;
         }
-        int c = 0;
-        while (c < ncache && cache_insn[c] != insn)
-            c++;
-        long long idv;
-        if (c < ncache) {
-            idv = cache_id[c];
-        } else { /* a new instruction name: its id, as the tuple path gives it */
-            PyObject *id = PyDict_GetItemWithError(ids, insn);
-            if (!id && !PyErr_Occurred()) {
-                id = PyLong_FromSsize_t(PyList_GET_SIZE(names));
-                if (!id || PyDict_SetItem(ids, insn, id) < 0 || PyList_Append(names, insn) < 0) {
-                    Py_XDECREF(id);
-                    goto done;
-                }
-                Py_DECREF(id); /* the dict holds it */
-            }
-            idv = id ? PyLong_AsLongLong(id) : -1;
-            if (PyErr_Occurred())
-                goto done;
-            if (ncache < 8) { /* the stream keeps its names alive */
-                cache_insn[ncache] = insn;
-                cache_id[ncache++] = idv;
-            }
-        }
-        if (idv > 0xFFFF)
-            packable = 0;
         if (packable) {
-            kinds[n] = (unsigned char)kind;
-            cpus[n] = (uint16_t)cpu;
-            addrs[n] = addr;
-            oargs[n] = arg;
-            values[n] = value;
-            insns[n] = (uint16_t)idv;
-        }
-        n++;
-        count++;
-        native_step(self, kind, cpu, addr, arg, value);
-        if (self->failed) {
-            if (!PyErr_Occurred())
-                PyErr_NoMemory();
-            goto done;
-        }
-        if (n == chunk) {
-            if (tee_flush(array_type, cols, n, packable, sink, reads, direct ? it : NULL,
-                          read_sink) < 0)
-                goto done;
-            n = 0;
-        }
-    }
-    for (; !direct;) {
-        PyObject *at = PyLong_FromLongLong(count);
-        if (!at || PyObject_SetAttrString(log, "at", at) < 0 ||
-            PyObject_SetAttrString(mem, "log", log) < 0) {
-            Py_XDECREF(at);
-            goto done;
-        }
-        Py_DECREF(at);
-        PyObject *op = PyIter_Next(it);
-        page_cache_clear(self); /* the generator ran: its memory may have changed */
-        PyObject *etype, *evalue, *etb;
-        PyErr_Fetch(&etype, &evalue, &etb); /* the generator's exception, kept over the reset */
-        if (PyObject_SetAttrString(mem, "log", Py_None) < 0) {
-            Py_XDECREF(op);
-            Py_XDECREF(etype);
-            Py_XDECREF(evalue);
-            Py_XDECREF(etb);
-            goto done;
-        }
-        if (etype) {
-            Py_XDECREF(op);
-            PyErr_Restore(etype, evalue, etb);
-            goto done;
-        }
-        if (!op)
-            break;
-        /* an operation: (kind, cpu, addr, arg, value, insn) */
-        long long kind = -1, cpu = -1, arg = 0;
-        unsigned long long addr = 0, value = 0;
-        int executable = PyTuple_Check(op) && PyTuple_GET_SIZE(op) >= 5;
-        if (executable) {
-            kind = PyLong_AsLongLong(PyTuple_GET_ITEM(op, 0));
-            cpu = PyLong_AsLongLong(PyTuple_GET_ITEM(op, 1));
-            addr = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(op, 2));
-            arg = PyLong_AsLongLong(PyTuple_GET_ITEM(op, 3));
-            value = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(op, 4));
-            if (PyErr_Occurred())
-                executable = 0;
-        }
-        if (!executable || kind < 0 || kind > K_MARK || cpu < 0 || cpu >= self->cpus) {
-            Py_DECREF(op);
-            if (!PyErr_Occurred())
-                PyErr_Format(PyExc_ValueError, "native executor: operation kind %lld on cpu "
-                             "%lld (cpus 0..%d)", kind, cpu, self->cpus - 1);
-            goto done;
-        }
-        if (packable) {
-            PyObject *insn = PyTuple_GET_SIZE(op) == 6 ? PyTuple_GET_ITEM(op, 5) : NULL;
-            PyObject *id = insn ? PyDict_GetItemWithError(ids, insn) : NULL;
-            if (insn && !id && !PyErr_Occurred()) {
-                id = PyLong_FromSsize_t(PyList_GET_SIZE(names));
-                if (!id || PyDict_SetItem(ids, insn, id) < 0 || PyList_Append(names, insn) < 0) {
-                    Py_XDECREF(id);
-                    Py_DECREF(op);
-                    goto done;
-                }
-                Py_DECREF(id); /* the dict holds it */
-            }
-            long long idv = id ? PyLong_AsLongLong(id) : -1;
-            if (PyErr_Occurred()) {
-                Py_DECREF(op);
+            long long idv = -1;
+            if (insn && insn_id(ids, names, &cache, insn, &idv) < 0) {
+                Py_XDECREF(op);
                 goto done;
             }
             if (!insn || idv > 0xFFFF || cpu > 0xFFFF) {
@@ -3302,7 +3295,7 @@ static PyObject *Native_run_tee_impl(Native *self, PyObject *args) {
                 insns[n] = (uint16_t)idv;
             }
         }
-        Py_DECREF(op);
+        Py_XDECREF(op);
         n++;
         count++;
         native_step(self, (int)kind, (int)cpu, addr, arg, value);

@@ -34,6 +34,18 @@ def bench(*argv: str, cwd: str | None = None, tiny: bool = True, charts: bool = 
                           text=True, timeout=timeout)
 
 
+SLOW_PATH = "shadowbench: running the slow path:"
+"""How the one line that says the native core is not in use begins (bench.__main__.warn_slow_path);
+tests/test_native_core.py checks when it is printed."""
+
+
+def diagnostics(stderr: str) -> list[str]:
+    """The lines of a run's stderr other than the slow-path notice, which a run prints, once,
+    whenever the native core is off (SHADOWBENCH_NATIVE=0) or absent: the tests that count a
+    run's lines of error hold whichever core is in use."""
+    return [line for line in stderr.splitlines() if not line.startswith(SLOW_PATH)]
+
+
 def stable_bytes(path: str) -> str:
     """results.json without meta.volatile, re-serialised exactly as the harness writes it."""
     from bench.results import dumps, stable

@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _tiny_workload  # noqa: E402
-from _harness_util import ROOT, TINY_MAIN, bench, env, processes_naming  # noqa: E402
+from _harness_util import ROOT, TINY_MAIN, bench, diagnostics, env, processes_naming  # noqa: E402
 
 from bench.__main__ import main  # noqa: E402
 
@@ -256,7 +256,7 @@ def test_sigint_while_drawing_charts_stops_only_the_charts(tmp_path, monkeypatch
     monkeypatch.setattr(bench.plots, "write_charts", slow_charts)
     out = tmp_path / "out"
     rc = main(["run", *TINY, "--out", str(out)])
-    err = capsys.readouterr().err.splitlines()
+    err = diagnostics(capsys.readouterr().err)
     assert rc == 130 and len(err) == 1 and "while drawing the charts" in err[0]
     assert "resume" not in err[0]
     assert json.loads((out / "results.json").read_text())["complete"] is True

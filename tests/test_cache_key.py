@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _harness_util import ROOT  # noqa: E402
+from _harness_util import ROOT, diagnostics  # noqa: E402
 
 from bench import costs, fingerprint  # noqa: E402
 from bench import experiment as exp  # noqa: E402
@@ -230,7 +230,7 @@ def test_a_full_disk_while_storing_a_cell_is_one_line(tmp_path, monkeypatch, cap
     monkeypatch.setattr(runner, "atomic_write_text", full)
     rc = main(["run", "-w", "tiny", "-p", "always-emulate", "--seeds", "1", "--jobs", "1",
                "--no-progress", "--out", str(tmp_path / "out")])
-    err = capsys.readouterr().err.splitlines()
+    err = diagnostics(capsys.readouterr().err)
     assert rc == 2 and len(err) == 1
     assert err[0].startswith("bench: error: cannot write ") and "No space left" in err[0]
 

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _harness_util import bench  # noqa: E402
+from _harness_util import bench, diagnostics  # noqa: E402
 
 from bench import results  # noqa: E402
 
@@ -21,7 +21,7 @@ def test_a_raising_policy_names_its_cell_and_keeps_the_finished_ones(tmp_path, j
     r = bench("run", "-w", "tiny", "-p", "always-emulate", "-p", "tiny-raise:after=3", "--seeds",
               "2", "--jobs", jobs, "--no-progress", "--out", str(out))
     assert r.returncode == 1, r.stderr
-    lines = r.stderr.splitlines()
+    lines = diagnostics(r.stderr)
     assert len(lines) == 1 and "Traceback" not in r.stderr
     assert "policy tiny-raise[after=3] on workload tiny[" in lines[0]
     assert "seed " in lines[0] and "ZeroDivisionError" in lines[0]

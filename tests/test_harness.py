@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _tiny_workload  # noqa: E402
-from _harness_util import TINY_MAIN, bench, env, processes_naming, stable_bytes  # noqa: E402
+from _harness_util import TINY_MAIN, bench, diagnostics, env, processes_naming, stable_bytes  # noqa: E402
 
 import bench as bench_pkg  # noqa: E402
 from bench import experiment, results, runner  # noqa: E402
@@ -63,7 +63,7 @@ def test_interrupt_keeps_cells_marks_partial_and_resumes(tmp_path, signum, statu
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == status, stderr
     assert stdout == ""
-    lines = stderr.splitlines()
+    lines = diagnostics(stderr)
     assert len(lines) == 1 and lines[0].startswith(f"bench: interrupted by {signal.Signals(signum).name}")
     assert "rerun the same command to resume" in lines[0]
     time.sleep(0.2)

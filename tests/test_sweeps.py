@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _harness_util import ROOT, TINY_MAIN, bench, env, processes_naming, stable_bytes  # noqa: E402
+from _harness_util import ROOT, TINY_MAIN, bench, diagnostics, env, processes_naming, stable_bytes  # noqa: E402
 
 from bench import results  # noqa: E402
 from bench.executors import claims as claims_mod  # noqa: E402
@@ -275,7 +275,7 @@ def test_a_cell_raising_on_a_dask_worker_is_one_line(tmp_path):
     stop = bench("run", "-w", "tiny", "-p", "tiny-raise:after=3", "--seeds", "1",
                  "--dask", "local:2", "--no-progress", "--out", str(tmp_path / "stop"))
     assert stop.returncode == 1
-    assert len(stop.stderr.splitlines()) == 1 and "Traceback" not in stop.stderr
+    assert len(diagnostics(stop.stderr)) == 1 and "Traceback" not in stop.stderr
     assert "policy tiny-raise[after=3] on workload tiny[" in stop.stderr
 
 

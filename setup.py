@@ -103,9 +103,21 @@ def _git_commit() -> str | None:
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+RECORDINGS = ROOT / "recordings"
+SHIPPED = Path("bench") / "_recordings"
+"""Where an installed package keeps the shipped real-guest recordings (bench.record.replay
+SHIPPED_DIR): the checkout's recordings/ folder is beside the package, not in it."""
+
+
+def _shipped_recordings() -> list[Path]:
+    return sorted(RECORDINGS.glob("*.rec")) + [RECORDINGS / "README.md"]
+
+
 class StampedBuildPy(build_py):
     """build_py that stamps the git commit of the sources into the installed package
-    (bench/_build_info.json), so an installed copy reports it (bench.results.git_commit)."""
+    (bench/_build_info.json), so an installed copy reports it (bench.results.git_commit), and
+    copies the shipped recordings into it (bench/_recordings/), so an installed ``shadowbench``
+    runs its default comparison, whose real-guest cells replay them, from any folder."""
 
     def run(self) -> None:
         super().run()
@@ -113,10 +125,15 @@ class StampedBuildPy(build_py):
             info = Path(self.build_lib) / "bench" / "_build_info.json"
             info.parent.mkdir(parents=True, exist_ok=True)
             info.write_text(json.dumps({"git_commit": _git_commit()}) + "\n")
+            shipped = Path(self.build_lib) / SHIPPED
+            shipped.mkdir(parents=True, exist_ok=True)
+            for source in _shipped_recordings():
+                self.copy_file(str(source), str(shipped / source.name))
 
     def get_outputs(self, include_bytecode: bool = True) -> list[str]:
         return super().get_outputs(include_bytecode) + [
-            str(Path(self.build_lib) / "bench" / "_build_info.json")]
+            str(Path(self.build_lib) / "bench" / "_build_info.json")] + [
+            str(Path(self.build_lib) / SHIPPED / source.name) for source in _shipped_recordings()]
 
 
 def native_extension() -> list:

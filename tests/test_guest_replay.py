@@ -9,7 +9,12 @@ memory as native execution does, with the shadow MMU's invariants checked.
 from __future__ import annotations
 
 import functools
+import json
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +32,8 @@ from bench.record import format as F
 from bench.record import replay
 from bench.registry import make_policy, make_workload, policies, workload_params
 from bench.workload import GuestRun
+
+ROOT = Path(__file__).resolve().parent.parent
 
 NATIVE = {"native_load": 2, "native_store": 2, "native_locked_rmw": 1, "native_invlpg": 1}
 
@@ -379,3 +386,25 @@ def test_labels_name_the_recorded_guests_one_seed():
     assert data.seeds_text(recs) == "3 seeds (1 for the recorded guests)"
     assert data.seeds_text(recs[:3]) == "3 seeds"
     assert captions._spread(recs[3:]) == "min-max over 1 seed"
+
+
+def test_an_installed_package_carries_the_shipped_recordings(tmp_path):
+    """setup.py's build_py copies recordings/ into the package (bench/_recordings/): an installed
+    ``shadowbench`` run from any folder finds the same files the checkout ships (the default
+    comparison replays them), byte for byte."""
+    lib = tmp_path / "lib"
+    env = dict(os.environ, SHADOWBENCH_PURE="1")  # build_py only: no compile
+    built = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(lib)],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    code = ("import json; from bench.record import replay; "
+            "print(json.dumps({n: str(p) for n, p in replay.shipped().items()}))")
+    found = subprocess.run([sys.executable, "-c", code], cwd=tmp_path,
+                           env=dict(env, PYTHONPATH=str(lib)), capture_output=True, text=True,
+                           timeout=120)
+    assert found.returncode == 0, found.stderr
+    installed = {n: Path(p) for n, p in json.loads(found.stdout).items()}
+    assert set(installed) == set(replay.shipped()) and set(REAL_GUESTS) <= set(installed)
+    for name, path in installed.items():
+        assert path.parent == lib / "bench" / "_recordings"
+        assert path.read_bytes() == replay.shipped()[name].read_bytes()

@@ -48,9 +48,17 @@ from bench.machine.paging import A, D, P, RW
 from bench.ops import BTR, CR3, INVLPG, LOAD, MARK, PAGE_OFFSET, STORE, gap
 from bench.record import format as fmt
 
-SHIPPED_DIR = Path(bench.__file__).resolve().parents[1] / "recordings"
-"""The recordings shipped with shadowbench (recordings/README.md), beside the ``bench`` package in
-use (found from it, not from this module, which may be the compiled build's, bench._compiled)."""
+def _shipped_dir() -> Path:
+    package = Path(bench.__file__).resolve().parent
+    installed = package / "_recordings"
+    return installed if installed.is_dir() else package.parent / "recordings"
+
+
+SHIPPED_DIR = _shipped_dir()
+"""The recordings shipped with shadowbench (recordings/README.md): an installed package's copy
+(bench/_recordings/, which setup.py's build_py writes), else the checkout's recordings/ beside the
+``bench`` package in use (found from it, not from this module, which may be the compiled build's,
+bench._compiled)."""
 DIRECT_END = 0xF7800000
 """End of the 6.1 i386 kernel's direct map as the recorder sees it (docs/recording.md)."""
 PTI_USER_OFFSET = 0x1000
@@ -77,8 +85,9 @@ def resolve(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.exists() or "/" in name_or_path or name_or_path.endswith(".rec"):
         return path
+    names = ", ".join(known) if known else f"none: no recordings in {SHIPPED_DIR}"
     raise BenchError(f"unknown recording {name_or_path!r}: not a file, and not a shipped "
-                     f"recording (valid: {', '.join(known)}, or a path to a .rec file)")
+                     f"recording (shipped: {names}; or a path to a .rec file)")
 
 
 def check(path: Path) -> fmt.Recording:

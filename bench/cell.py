@@ -21,7 +21,8 @@ cyclic garbage collector paused (``gc_paused``): a guest run allocates many obje
 live until it ends, which the collector's repeated full collections walked for little (issue
 17's profile of the compiled build: about a fifth of a single-cell run); one collection after
 each simulation frees what it left in cycles (an executor, its policy, its shadow pages and
-their parents), so memory stays that of one policy's run at a time (docs/performance.md).
+their parents; a full collection only when the block allocated like a Python executor), so
+memory stays that of one policy's run at a time (docs/performance.md).
 
 With the native core built (bench.core), the native run, the oracle's record and the recording
 run in one C loop (``_record``), a built-in policy's replay runs in C (``_replayed``), and so
@@ -69,9 +70,15 @@ class CellResult:
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """The cyclic garbage collector disabled inside the block; afterwards, even when the block
-    raises, its previous state is restored and, if it was enabled, one full collection frees the
+    raises, its previous state is restored and, if it was enabled, one collection frees the
     cycles the block left (call it around a simulation whose executor is already unreachable
-    when the block ends, so that its shadow pages are freed)."""
+    when the block ends, so that its shadow pages are freed). The collection is a full one when
+    the block left more new container objects than the collector's own first threshold (a
+    Python executor's shadow pages, whose cycle runs through the policy made before the block,
+    an older generation); else, as after a native core's run, which leaves no cycles in
+    Python, only the youngest generation is collected (a full one walks every object of the
+    process: it cost about 2.7 s of the default run's 28 s of CPU when every simulation ended with
+    one)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -79,7 +86,7 @@ def gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-            gc.collect()
+            gc.collect(2 if gc.get_count()[0] > gc.get_threshold()[0] else 0)
 
 
 def build_run(workload: str, params: dict[str, Any], seed: int) -> GuestRun:

@@ -36,7 +36,7 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -57,9 +57,11 @@ _state: str | None = None
 # bench.core._core's policy bases (the enum in _core.c)
 B_EMULATE, B_UNSHADOW, B_FLOOD, B_PERPAGE, B_XEN_EARLY, B_UNSYNC, B_XEN_OOS, B_SKI, B_ORACLE, \
     B_TDP = range(10)
-SKI_DRAWS = 4096
-"""Thresholds ski-rental-random draws ahead per call from the native core (its private
-generator's draws happen in the order the intervals start, so drawing ahead changes nothing)."""
+SKI_FIRST_DRAWS, SKI_DRAWS = 16, 4096
+"""Thresholds ski-rental-random draws ahead per call from the native core: 16 at the first call,
+twice as many at each next one, at most 4096 (its private generator's draws happen in the order
+the intervals start, so drawing ahead changes nothing; starting small keeps a run with few
+intervals from drawing thousands it never uses)."""
 
 
 def source_digest(folder: Path = _HERE) -> str:
@@ -171,8 +173,7 @@ def _base_spec(policy: Any) -> dict[str, Any] | None:
     if cls is SkiRental:
         return {"base": B_SKI, "ski_threshold": policy.interval_threshold(0)}
     if cls is SkiRentalRandom:
-        return {"base": B_SKI,
-                "draw": lambda: [policy.interval_threshold(0) for _ in range(SKI_DRAWS)]}
+        return {"base": B_SKI, "draw": _thresholds_ahead(policy)}
     if cls is Tdp:
         return {"base": B_TDP, "tlb_entries": policy.tlb_entries}
     if cls is Oracle:
@@ -181,6 +182,19 @@ def _base_spec(policy: Any) -> dict[str, Any] | None:
         return {"base": B_ORACLE, "plan": policy._plan,
                 "oracle_native": int(policy.costs.unshadow <= policy.costs.emulate)}
     return None
+
+
+def _thresholds_ahead(policy: Any) -> Callable[[], list[int]]:
+    """The native core's refill of ski-rental-random thresholds: the next draws of the policy's
+    own generator, SKI_FIRST_DRAWS first, then twice as many each time up to SKI_DRAWS."""
+    size = SKI_FIRST_DRAWS
+
+    def draw() -> list[int]:
+        nonlocal size
+        n, size = size, min(2 * size, SKI_DRAWS)
+        return [policy.interval_threshold(0) for _ in range(n)]
+
+    return draw
 
 
 def native_spec(policy: Any) -> dict[str, Any] | None:

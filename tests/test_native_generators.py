@@ -1,13 +1,14 @@
-"""The scan workloads' generators in C (bench/core/_scan.c) against the Python ones (issue 17).
+"""The workloads' generators in C (bench/core/_scan.c) against the Python ones (issue 17).
 
-kscand and linear-scan generate their streams in C when the native core is built
+kscand, linear-scan and kmap generate their streams in C when the native core is built
 (bench.core.generators). For the same seed both must give the same operations in the same
 order, make the same guest-memory reads after the same number of operations (the recording's
 read log), derive the same sizes, leave guest memory the same, and leave the Python objects
 (aging lists and counts, the user schedule, every process's random generator) in the state the
 Python generator leaves them. Checked here on every kernel variant, PAE and not, one to four
 vCPUs, every access pattern (a lackey trace included), both cache-pass counts, memory pressure
-and shared pages, plus random parameter settings through hypothesis; and through the native
+and shared pages, kmap's same and different page tables, plus random parameter settings through
+hypothesis; and through the native
 execution's direct path (bench/core/_core.c run_tee pulls a ScanStream's operations without
 tuples) and one tuple at a time.
 
@@ -44,7 +45,10 @@ def _python_only(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _state(w) -> dict:
-    """What the Python objects hold after the run (the C stream writes its state back)."""
+    """What the Python objects hold after the run (the C stream writes its state back; the kmap
+    stream has none to write)."""
+    if not hasattr(w, "last_runner"):
+        return {}
     zone = w.last_scanner
     runner = w.last_runner
     state = {"turn": list(runner.turn), "ran": list(runner.ran), "loaded": list(runner.loaded),
@@ -130,12 +134,40 @@ CASES = [
 ] + [(w, {"kernel": k, "pae": pae, "cpus": 2, "seconds": 1.5})
      for w in ("kscand", "linear-scan") for k in KERNELS for pae in (False, True)]
 
+KMAP_CASES = [({"kernel": k, "pae": pae, "cpus": cpus, "tables": tables}
+               | ({"debug_highmem": True} if k == "2.6.12" and cpus == 3 else {}))
+              for k in KERNELS for pae in (False, True) for cpus, tables in ((1, "same"),
+                                                                            (3, "different"))]
+
 
 @pytest.mark.parametrize("workload,params", CASES,
                          ids=lambda v: v if isinstance(v, str) else
                          ",".join(f"{k}={x}" for k, x in v.items()) or "default")
 def test_the_c_generators_give_the_python_stream(workload, params, monkeypatch):
     _assert_same(workload, {**QUICK, **params}, 3, monkeypatch)
+
+
+@pytest.mark.parametrize("params", KMAP_CASES,
+                         ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()))
+def test_the_c_kmap_generator_gives_the_python_stream(params, monkeypatch):
+    """kmap: the same operations, and the fixmap pte reads of the variants that compare it
+    (rhel3, 2.6-proposed) after the same operations."""
+    _assert_same("kmap", {**QUICK, **params}, 0, monkeypatch, passes=False)
+    if params["kernel"] in ("rhel3", "2.6-proposed"):
+        assert _stream("kmap", {**QUICK, **params}, 0, True, monkeypatch)["reads"]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kernel=st.sampled_from(KERNELS), pae=st.booleans(), cpus=st.integers(1, 4),
+       tables=st.sampled_from(["same", "different"]), table_count=st.integers(2, 40),
+       iterations=st.integers(1, 300), debug_highmem=st.booleans())
+def test_random_kmap_settings_give_the_python_stream(kernel, pae, cpus, tables, table_count,
+                                                     iterations, debug_highmem):
+    params = {"kernel": kernel, "pae": pae, "cpus": cpus, "tables": tables,
+              "table_count": table_count, "iterations": iterations,
+              "debug_highmem": debug_highmem and kernel == "2.6.12"}
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _assert_same("kmap", params, 0, monkeypatch, passes=False)
 
 
 def test_the_c_generators_replay_a_lackey_trace(tmp_path: Path, monkeypatch):
@@ -183,7 +215,7 @@ def test_an_inspection_hook_set_after_build_runs_the_python_generator():
 
 def test_the_native_core_runs_the_scan_generators():
     assert core.available(), core.state()
-    for name in ("kscand", "linear-scan"):
+    for name in ("kscand", "linear-scan", "kmap"):
         run = make_workload(name, QUICK).build(random.Random(1))
         assert type(iter(run.ops)).__name__ == "ScanStream"
 
@@ -209,7 +241,9 @@ def _generated(policy: str, workload: str, params: dict, seed: int, native: bool
 @pytest.mark.parametrize("policy", ["unsync", "xen-oos", "flood-count",
                                     "accessed-clear:fallback=unsync", "xen-batch"])
 @pytest.mark.parametrize("workload,params", [("kscand", {"cpus": 2}),
-                                             ("linear-scan", {"pae": True, "kernel": "2.6.20"})])
+                                             ("linear-scan", {"pae": True, "kernel": "2.6.20"}),
+                                             ("kmap", {"cpus": 2, "kernel": "rhel3"}),
+                                             ("kmap", {"pae": True, "kernel": "2.6-proposed"})])
 def test_a_policy_generating_its_own_stream_natively_matches_python(policy, workload, params,
                                                                    monkeypatch):
     """The policy's guest generating its own stream (bench.cell._generated, as after a read

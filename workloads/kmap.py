@@ -12,6 +12,9 @@ The stream starts with a warm-up (every page touched once, then one round of ite
 ends with MARK 0, so the fixmap page table and the user page tables are already shadowed; the
 measured iterations end with MARK 1. The fixmap writes each kernel variant costs per mapping
 are in workloads/_kmap.py and docs/workloads.md.
+
+With the native core the stream is generated in C (bench/core/generators.py kmap_stream, the
+same operations and reads; this module's ``_ops`` is the reference).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import random
 
 from mypy_extensions import mypyc_attr
 
+from bench.core.generators import Deferred, kmap_stream
 from bench.guest import KM_PTE2, Guest
 from bench.ops import BTR, LOAD, MARK
 from bench.params import Param
@@ -69,7 +73,13 @@ class KmapBench(GuestWorkload):
         sizes = {"pages": len(vaddrs), "page_tables": ntables, "processes": 1,
                  "iterations": iterations}
         cr3s = [proc.cr3] * self.cpus
-        return GuestRun(guest, cr3s, self._ops(kernel, vaddrs, ptes, ntables, iterations), sizes)
+        if type(self) is not KmapBench:  # a subclass may generate otherwise: its own _ops
+            return GuestRun(guest, cr3s, self._ops(kernel, vaddrs, ptes, ntables, iterations),
+                            sizes)
+        return GuestRun(guest, cr3s, Deferred(
+            lambda: kmap_stream(kernel, self.cpus, vaddrs, ptes, ntables, PTES_PER_TABLE,
+                                iterations, sizes),
+            lambda: self._ops(kernel, vaddrs, ptes, ntables, iterations)), sizes)
 
     def _ops(self, kernel: Kernel, vaddrs: list[int], ptes: list[int], ntables: int,
              iterations: int):

@@ -1,8 +1,9 @@
-/* The scan workloads' generators in C (issue 17): kscand (workloads/kscand.py, AgingZone) and
+/* The workloads' generators in C (issue 17): kscand (workloads/kscand.py, AgingZone) and
  * linear-scan (workloads/linear_scan.py, AddressOrderScanner), with page_referenced through
  * kmap_atomic(KM_PTE2) (workloads/_scan.py referenced_ops, workloads/_kmap.py Kernel.kmap_fn),
  * the user processes (workloads/_users.py AccessStream, UserRunner) and the jiffy timeline
- * (workloads/_scan.py ScanWorkload._timeline).
+ * (workloads/_scan.py ScanWorkload._timeline); and the kmap microbenchmark (workloads/kmap.py
+ * KmapBench._ops, with Kernel.kmap / kunmap on every CPU's KM_PTE2 slot).
  *
  * A ScanStream is an iterator of the very operation tuples the Python generator yields, in the
  * same order, and it reads guest memory at the same points through the GuestMemory's own
@@ -227,7 +228,7 @@ static void access_next(Access *a, long long *idx, u64 *off, int *write) {
 enum { M_READ32 = 0, M_READ_ENTRY = 1 };
 typedef int (*scan_read_fn)(void *ctx, int method, u64 gpa, int pae, u64 *value);
 
-enum { W_KSCAND = 0, W_LINEAR = 1 };
+enum { W_KSCAND = 0, W_LINEAR = 1, W_KMAP = 2 };
 
 typedef struct {
     PyObject_HEAD
@@ -287,6 +288,11 @@ typedef struct {
     Py_ssize_t li_pte;
     Buf *ptes;
     long long *shared_from, first, interval, all_ptes;
+    /* KmapBench: the pages' addresses and ptes, each CPU's KM_PTE2 slot (vaddr, pte_kva,
+     * pte_gpa) and its kunmap operations (s->clear from clear_at[cpu] to clear_at[cpu + 1]) */
+    long long *k_vaddrs, *k_ptes, *k_slots, k_tables, k_per_table, k_warm, k_iterations, k_i;
+    Py_ssize_t k_pages, *k_clear_at;
+    int k_phase, k_marked;
     /* the queue next() hands out */
     OpVec out;
     Py_ssize_t head;
@@ -348,6 +354,10 @@ static void ScanStream_dealloc(ScanStream *s) {
     free(s->others);
     free(s->ptes);
     free(s->shared_from);
+    free(s->k_vaddrs);
+    free(s->k_ptes);
+    free(s->k_slots);
+    free(s->k_clear_at);
     free(s->out.v);
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
@@ -658,6 +668,51 @@ static int read_linear(ScanStream *s, PyObject *spec) {
                ? -1 : 0;
 }
 
+/* KmapBench's spec (bench/core/generators.py kmap_stream) */
+static int read_kmap(ScanStream *s, PyObject *spec) {
+    PyObject *clear = spec_item(spec, "clear");
+    if (!clear || spec_int(spec, "cpus", &s->cpus) < 0 || spec_int(spec, "pae", &s->pae) < 0 ||
+        spec_ll(spec, "lowmem_pages", &s->lowmem_pages) < 0 ||
+        spec_u64(spec, "kmap_prot", &s->kmap_prot) < 0 ||
+        spec_int(spec, "skip_same", &s->skip_same) < 0 ||
+        spec_int(spec, "check_same", &s->check_same) < 0 ||
+        spec_int(spec, "map_flush", &s->map_flush) < 0 ||
+        spec_ll(spec, "kmap_gap", &s->kmap_gap) < 0 ||
+        spec_ll(spec, "tables", &s->k_tables) < 0 ||
+        spec_ll(spec, "ptes_per_table", &s->k_per_table) < 0 ||
+        spec_ll(spec, "iterations", &s->k_iterations) < 0 || read_clear(s, clear) < 0)
+        return -1;
+    if (s->cpus < 1 || s->cpus > 0xFFFF || s->k_tables < 1 || s->k_per_table < 1 ||
+        s->k_iterations < 0) {
+        PyErr_SetString(PyExc_ValueError, "ScanStream: bad kmap cpus, tables or iterations");
+        return -1;
+    }
+    s->k_pages = (Py_ssize_t)(s->k_tables * s->k_per_table);
+    s->k_vaddrs = spec_lls(spec, "vaddrs", s->k_pages);
+    s->k_ptes = s->k_vaddrs ? spec_lls(spec, "ptes", s->k_pages) : NULL;
+    s->k_slots = s->k_ptes ? spec_lls(spec, "slots", 3 * (Py_ssize_t)s->cpus) : NULL;
+    long long *at = s->k_slots ? spec_lls(spec, "clear_at", (Py_ssize_t)s->cpus + 1) : NULL;
+    if (!at)
+        return -1;
+    s->k_clear_at = malloc(((Py_ssize_t)s->cpus + 1) * sizeof(Py_ssize_t));
+    if (!s->k_clear_at) {
+        free(at);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (int c = 0; c <= s->cpus; c++) {
+        if (at[c] < 0 || at[c] > s->nclear || (c && at[c] < at[c - 1])) {
+            free(at);
+            PyErr_SetString(PyExc_ValueError, "ScanStream: bad kmap clear_at");
+            return -1;
+        }
+        s->k_clear_at[c] = (Py_ssize_t)at[c];
+    }
+    free(at);
+    s->k_warm = s->k_pages;
+    return 0;
+}
+
 static PyObject *ScanStream_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     PyObject *spec, *mem, *sizes, *on_done;
     if (!PyArg_ParseTuple(args, "O!OO!O", &PyDict_Type, &spec, &mem, &PyDict_Type, &sizes,
@@ -680,6 +735,13 @@ static PyObject *ScanStream_new(PyTypeObject *type, PyObject *args, PyObject *kw
         goto fail;
     s->sizes = Py_NewRef(sizes);
     s->on_done = Py_NewRef(on_done);
+    if (spec_int(spec, "workload", &s->workload) < 0)
+        goto fail;
+    if (s->workload == W_KMAP) {
+        if (read_kmap(s, spec) < 0)
+            goto fail;
+        return (PyObject *)s;
+    }
     PyObject *passes = PyDict_GetItemWithError(sizes, s->passes_key);
     if (!passes) {
         if (!PyErr_Occurred())
@@ -688,8 +750,7 @@ static PyObject *ScanStream_new(PyTypeObject *type, PyObject *args, PyObject *kw
     }
     s->passes = PyLong_AsLongLong(passes);
     PyObject *clear = spec_item(spec, "clear");
-    if (PyErr_Occurred() || !clear || spec_int(spec, "workload", &s->workload) < 0 ||
-        spec_ll(spec, "jiffies", &s->jiffies) < 0 || spec_int(spec, "cpus", &s->cpus) < 0 ||
+    if (PyErr_Occurred() || !clear || spec_ll(spec, "jiffies", &s->jiffies) < 0 || spec_int(spec, "cpus", &s->cpus) < 0 ||
         spec_int(spec, "pae", &s->pae) < 0 ||
         spec_ll(spec, "lowmem_pages", &s->lowmem_pages) < 0 ||
         spec_u64(spec, "slot_vaddr", &s->slot_vaddr) < 0 ||
@@ -1104,8 +1165,86 @@ static int spread_others(ScanStream *s, long long i) {
     return 0;
 }
 
+/* ------------------------------------------------ the kmap microbenchmark (workloads/kmap.py) */
+/* Kernel.kmap(cpu, KM_PTE2, gfn) then the pte's address (Kernel.pte_vaddr): the fixmap pte read
+ * (when the variant compares it) happens here, when the previous operations have run */
+static int kmap_pte_vaddr(ScanStream *s, int cpu, u64 gpa, u64 *va) {
+    OpVec *out = &s->out;
+    u64 gfn = gpa >> 12;
+    if ((long long)gfn < s->lowmem_pages) {
+        *va = PAGE_OFFSET_ + (gfn << 12) + (gpa & 0xFFF);
+        return 0;
+    }
+    const long long *slot = &s->k_slots[3 * cpu];
+    u64 vaddr = (u64)slot[0], pte_kva = (u64)slot[1], pte_gpa = (u64)slot[2];
+    u64 value = (gfn << 12) | s->kmap_prot;
+    int same = 0;
+    *va = vaddr + (gpa & 0xFFF);
+    if (s->check_same) {
+        u64 got;
+        if (stream_read(s, M_READ_ENTRY, pte_gpa, s->pae, &got) < 0)
+            return -1;
+        same = got == value;
+        if (same && s->skip_same)
+            return 0;
+    }
+    if (vec_push(out, O_COMPUTE, cpu, 0, 0, (u64)s->kmap_gap, s->insn[I_COMPUTE]) < 0)
+        return -1;
+    if (s->pae) { /* set_pte: pte_high, then pte_low */
+        if (vec_push(out, O_STORE, cpu, pte_kva + 4, 4, value >> 32, s->insn[I_MOV]) < 0 ||
+            vec_push(out, O_STORE, cpu, pte_kva, 4, value & 0xFFFFFFFFULL, s->insn[I_MOV]) < 0)
+            return -1;
+    } else if (vec_push(out, O_STORE, cpu, pte_kva, 4, value, s->insn[I_MOV]) < 0) {
+        return -1;
+    }
+    if (s->map_flush && !same && vec_push(out, O_INVLPG, cpu, vaddr, 0, 0, s->insn[I_INVLPG]) < 0)
+        return -1;
+    return 0;
+}
+
+/* KmapBench._ops: every page touched once, the warm-up round, MARK 0, the measured iterations,
+ * MARK 1; one iteration (or one mark) per refill, so a read happens where Python's happens */
+static int kmap_refill(ScanStream *s) {
+    OpVec *out = &s->out;
+    if (s->k_phase == 0) {
+        for (Py_ssize_t n = 0; n < s->k_pages; n++)
+            if (vec_push(out, O_LOAD, 0, (u64)s->k_vaddrs[n], 4, 0, s->insn[I_MOV]) < 0)
+                return -1;
+        s->k_phase = 1;
+        return 1;
+    }
+    if (s->k_phase == 2)
+        return 0;
+    long long i = s->k_i;
+    if (i == s->k_warm + s->k_iterations) {
+        s->k_phase = 2;
+        return vec_push(out, O_MARK, 0, 0, 1, 0, s->insn[I_MARK]) < 0 ? -1 : 1;
+    }
+    if (i == s->k_warm && !s->k_marked) {
+        s->k_marked = 1;
+        return vec_push(out, O_MARK, 0, 0, 0, 0, s->insn[I_MARK]) < 0 ? -1 : 1;
+    }
+    long long t = i % s->k_tables, k = (i / s->k_tables) % s->k_per_table;
+    Py_ssize_t n = (Py_ssize_t)(t * s->k_per_table + k);
+    int cpu = (int)(i % s->cpus);
+    u64 gpa = (u64)s->k_ptes[n], va;
+    if (kmap_pte_vaddr(s, cpu, gpa, &va) < 0 ||
+        vec_push(out, O_BTR, cpu, va, 5, 0, s->insn[I_BTR]) < 0)
+        return -1;
+    if ((long long)(gpa >> 12) >= s->lowmem_pages && /* kunmap_atomic of a highmem page */
+        vec_extend(out, s->clear + s->k_clear_at[cpu],
+                   s->k_clear_at[cpu + 1] - s->k_clear_at[cpu]) < 0)
+        return -1;
+    if (vec_push(out, O_LOAD, cpu, (u64)s->k_vaddrs[n], 4, 0, s->insn[I_MOV]) < 0)
+        return -1;
+    s->k_i = i + 1;
+    return 1;
+}
+
 /* fill s->out with the next operations; 0 when the stream has ended */
 static int refill(ScanStream *s) {
+    if (s->workload == W_KMAP)
+        return kmap_refill(s);
     while (s->out.n == 0) {
         if (s->in_pass) {
             int r = s->workload == W_KSCAND ? kscand_visit(s) : linear_visit(s);
@@ -1221,6 +1360,10 @@ static int advance(ScanStream *s, const GOp **op) {
             s->done = 1;
             if (r < 0)
                 return -1;
+            if (s->on_done == Py_None) { /* nothing to write back (kmap) */
+                stream_release(s);
+                return 0;
+            }
             PyObject *state = final_state(s);
             stream_release(s);
             PyObject *res = state ? PyObject_CallOneArg(s->on_done, state) : NULL;

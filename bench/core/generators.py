@@ -1,4 +1,4 @@
-"""The scan workloads' generators on the native core (issue 17): kscand and linear-scan in C.
+"""The workloads' generators on the native core (issue 17): kscand, linear-scan and kmap in C.
 
 ``scan_stream`` gives, for a scan workload's timeline (workloads._scan.ScanWorkload._timeline),
 a ``bench.core._core.ScanStream``: the same operation tuples in the same order, with the same
@@ -14,6 +14,10 @@ both to give identical streams, reads, sizes and final state.
 The C stream runs only the exact built-in classes (AgingZone or AddressOrderScanner, UserRunner,
 AccessStream, Kernel) with no inspection hook set (``record``, ``on_pass``); anything else, a
 subclass included, runs the Python generator, as does every run without the native core.
+
+``kmap_stream`` gives the kmap microbenchmark's stream (workloads/kmap.py KmapBench._ops) the same
+way: its only reads are the fixmap pte compares of the kernel variants that make them (rhel3's
+same-value shortcut, 2.6-proposed's flush-if-changed), and it leaves no Python state to write back.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 
 from bench import core
 
-W_KSCAND, W_LINEAR = 0, 1
+W_KSCAND, W_LINEAR, W_KMAP = 0, 1, 2
 
 
 class Deferred:
@@ -133,3 +137,36 @@ def _access_spec(stream: Any) -> dict[str, Any]:
     elif stream.kind == "lackey":
         spec.update(addrs=stream.addrs, writes=stream.writes)
     return spec
+
+
+def kmap_stream(kernel: Any, cpus: int, vaddrs: list[int], ptes: list[int], ntables: int,
+                per_table: int, iterations: int, sizes: dict[str, int]
+                ) -> Iterator[tuple] | None:
+    """The native stream of KmapBench._ops on ``kernel`` (a workloads._kmap.Kernel), or None
+    when the Python generator must run."""
+    module = core.load() if enabled else None
+    if module is None:
+        return None
+    from bench.guest import KM_PTE2, KMAP_PROT
+    from workloads._kmap import KMAP_GAP, Kernel
+
+    if type(kernel) is not Kernel:
+        return None
+    slots: list[int] = []
+    clear: list[tuple] = []
+    clear_at = [0]
+    for cpu in range(cpus):
+        vaddr, pte_kva, pte_gpa, _flush, unmap = kernel._slot(cpu, KM_PTE2)
+        slots += [vaddr, pte_kva, pte_gpa]
+        clear += unmap
+        clear_at.append(len(clear))
+    spec: dict[str, Any] = {
+        "workload": W_KMAP, "cpus": cpus, "pae": int(kernel.pae),
+        "lowmem_pages": kernel.lowmem_pages, "kmap_prot": KMAP_PROT,
+        "skip_same": int(kernel.skip_same),
+        "check_same": int(kernel.skip_same or kernel.flush_if_changed),
+        "map_flush": int(kernel.map_flush), "kmap_gap": KMAP_GAP, "tables": ntables,
+        "ptes_per_table": per_table, "iterations": iterations, "vaddrs": list(vaddrs),
+        "ptes": list(ptes), "slots": slots, "clear": clear, "clear_at": clear_at,
+    }
+    return module.ScanStream(spec, kernel.mem, sizes, None)

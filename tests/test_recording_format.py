@@ -9,6 +9,8 @@ import lzma
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bench.__main__ import main
 from bench.record import format as F
@@ -34,6 +36,12 @@ def sample_events() -> list[Event]:
     ]
 
 
+READERS = {"events": lambda rec: list(rec.events()), "tally": lambda rec: rec.tally()}
+"""The two readings of a body: decoding every event, and checking it without decoding
+(Recording.tally, which replay.check uses): the same errors, at the same offsets."""
+reader = pytest.mark.parametrize("read", list(READERS.values()), ids=list(READERS))
+
+
 def write_sample(path, events=None, header=HEADER):
     body = b"".join(encode_event(e) for e in (events or sample_events()))
     write_recording(path, header, io.BytesIO(body))
@@ -48,6 +56,9 @@ def test_round_trip(tmp_path):
     assert rec.header["provenance"] == {"scenario": "t"}
     assert list(rec.events()) == sample_events()
     assert list(rec.events()) == sample_events()  # re-readable
+    kinds, snapshots = rec.tally()
+    assert kinds == [sum(e.kind == k for e in sample_events()) for k in range(len(F.KIND_NAMES))]
+    assert snapshots == 1
     assert path.read_bytes()[:8] == b"SBREC\x00\r\n"
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left
 
@@ -59,7 +70,8 @@ def test_writer_refuses_a_torn_event_and_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_truncated_body_names_the_offset(tmp_path):
+@reader
+def test_truncated_body_names_the_offset(tmp_path, read):
     path = tmp_path / "a.rec"
     write_sample(path)
     data = path.read_bytes()
@@ -67,7 +79,7 @@ def test_truncated_body_names_the_offset(tmp_path):
     cut.write_bytes(data[:-20])
     rec = open_recording(cut)
     with pytest.raises(RecordingError, match=rf"truncated.*byte offset {len(data) - 20}"):
-        list(rec.events())
+        read(rec)
 
 
 @pytest.mark.parametrize("cut", [0, 5, 15, 40])
@@ -116,31 +128,34 @@ def _with_body(tmp_path, body: bytes, header=None):
     return path
 
 
-def test_malformed_events_name_the_event_stream_offset(tmp_path):
+@reader
+def test_malformed_events_name_the_event_stream_offset(tmp_path, read):
     good = encode_event(sample_events()[0])
     bad_kind = bytearray(encode_event(sample_events()[3]))
     bad_kind[0] = 9
     with pytest.raises(RecordingError, match=f"unknown event kind 9 at event-stream byte offset {len(good)}"):
-        list(open_recording(_with_body(tmp_path, good + bytes(bad_kind))).events())
+        read(open_recording(_with_body(tmp_path, good + bytes(bad_kind))))
     bad_width = bytearray(encode_event(sample_events()[3]))
     bad_width[1] = 3
     with pytest.raises(RecordingError, match="store of width 3 at event-stream byte offset 0"):
-        list(open_recording(_with_body(tmp_path, bytes(bad_width))).events())
+        read(open_recording(_with_body(tmp_path, bytes(bad_width))))
     bad_table = bytearray(encode_event(sample_events()[1]))
     bad_table[4:8] = struct.pack("<I", 100)
     with pytest.raises(RecordingError, match="100-byte payload at event-stream byte offset 0"):
-        list(open_recording(_with_body(tmp_path, bytes(bad_table))).events())
+        read(open_recording(_with_body(tmp_path, bytes(bad_table))))
     with pytest.raises(RecordingError, match=f"inside an event at event-stream byte offset {len(good)}"):
-        list(open_recording(_with_body(tmp_path, good + good[:10])).events())
+        read(open_recording(_with_body(tmp_path, good + good[:10])))
 
 
-def test_body_must_match_its_header(tmp_path):
+@reader
+def test_body_must_match_its_header(tmp_path, read):
     path = _with_body(tmp_path, encode_event(sample_events()[0]))
     with pytest.raises(RecordingError, match="does not match its header"):
-        list(open_recording(path).events())
+        read(open_recording(path))
 
 
-def test_corrupt_compressed_body(tmp_path):
+@reader
+def test_corrupt_compressed_body(tmp_path, read):
     path = tmp_path / "a.rec"
     write_sample(path)
     data = bytearray(path.read_bytes())
@@ -148,7 +163,7 @@ def test_corrupt_compressed_body(tmp_path):
     data[rec.body_offset + 30] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(RecordingError, match=r"corrupt compressed body in bytes \d+"):
-        list(open_recording(path).events())
+        read(open_recording(path))
 
 
 def test_inspect_cli(tmp_path, capsys):
@@ -171,3 +186,22 @@ def test_inspect_cli_errors(tmp_path, capsys):
     assert len(err) == 1 and "byte offset" in err[0]
     assert main(["inspect", str(tmp_path / "missing.rec")]) == 2
     assert "cannot read recording" in capsys.readouterr().err
+
+
+@settings(max_examples=60, deadline=None)
+@given(picks=st.lists(st.integers(0, 9), max_size=40), cuts=st.lists(st.integers(0, 60000),
+                                                                      max_size=6))
+def test_tally_counts_what_feed_decodes_however_the_body_is_cut(picks, cuts):
+    """EventStream.tally checks and counts exactly the events feed decodes, from any pieces."""
+    events = [sample_events()[i] for i in picks]
+    body = b"".join(encode_event(e) for e in events)
+    bounds = sorted({min(c, len(body)) for c in cuts} | {0, len(body)})
+    pieces = [body[a:b] for a, b in zip(bounds, bounds[1:])] or [b""]
+    decoded, counted = F.EventStream(), F.EventStream()
+    got = [e for piece in pieces for e in decoded.feed(piece)]
+    kinds = [0] * len(F.KIND_NAMES)
+    snapshots = sum(counted.tally(piece, kinds) for piece in pieces)
+    assert got == events and decoded.count == counted.count == len(events)
+    assert kinds == [sum(e.kind == k for e in events) for k in range(len(F.KIND_NAMES))]
+    assert snapshots == sum(e.kind == F.TABLE and bool(e.flags & F.SNAPSHOT) for e in events)
+    assert decoded.buf == counted.buf == b""

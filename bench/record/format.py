@@ -98,39 +98,72 @@ def encode_event(event: Event) -> bytes:
 
 
 class EventStream:
-    """Decode a body (uncompressed event bytes) fed in pieces; errors name the body offset."""
+    """Decode a body (uncompressed event bytes) fed in pieces; errors name the body offset.
+    ``count`` is the number of events decoded (``feed``) or checked (``tally``) so far."""
 
     def __init__(self) -> None:
         self.buf = b""
         self.offset = 0  # body offset of buf[0]
+        self.count = 0
+
+    def _size_at(self, buf: bytes, pos: int) -> int:
+        """The bytes of the event at ``pos`` of ``buf`` (a whole 48-byte event is there), its
+        payload included; 0 when ``buf`` ends inside the payload. RecordingError if the event
+        is malformed."""
+        kind = buf[pos]
+        if kind >= len(KIND_NAMES):
+            raise RecordingError(f"unknown event kind {kind} at event-stream byte offset "
+                                 f"{self.offset + pos}")
+        if kind == TABLE:
+            n = int.from_bytes(buf[pos + 4:pos + 8], "little")
+            if n not in PAYLOAD_SIZES:
+                raise RecordingError(f"table event with a {n}-byte payload at event-stream "
+                                     f"byte offset {self.offset + pos} (valid: 32, 4096)")
+            return EVENT.size + n if len(buf) - pos >= EVENT.size + n else 0
+        if kind == STORE and buf[pos + 1] not in (1, 2, 4, 8):
+            raise RecordingError(f"store of width {buf[pos + 1]} at event-stream byte offset "
+                                 f"{self.offset + pos} (valid: 1, 2, 4, 8)")
+        return EVENT.size
+
+    def _keep(self, buf: bytes, pos: int) -> None:
+        self.buf = buf[pos:]
+        self.offset += pos
 
     def feed(self, data: bytes) -> Iterator[Event]:
         buf = self.buf + data
         pos = 0
         size = EVENT.size
         while len(buf) - pos >= size:
+            n = self._size_at(buf, pos)
+            if not n:
+                break
             fields = EVENT.unpack_from(buf, pos)
-            kind = fields[0]
-            if kind >= len(KIND_NAMES):
-                raise RecordingError(f"unknown event kind {kind} at event-stream byte offset "
-                                     f"{self.offset + pos}")
-            payload = b""
-            if kind == TABLE:
-                n = fields[4]
-                if n not in PAYLOAD_SIZES:
-                    raise RecordingError(f"table event with a {n}-byte payload at event-stream "
-                                         f"byte offset {self.offset + pos} (valid: 32, 4096)")
-                if len(buf) - pos < size + n:
-                    break
-                payload = buf[pos + size:pos + size + n]
-            elif kind == STORE and fields[1] not in (1, 2, 4, 8):
-                raise RecordingError(f"store of width {fields[1]} at event-stream byte offset "
-                                     f"{self.offset + pos} (valid: 1, 2, 4, 8)")
-            yield Event(kind, fields[1], fields[2], fields[3], fields[4], fields[5], fields[6],
-                        fields[7], fields[8], fields[9], payload)
-            pos += size + len(payload)
-        self.buf = buf[pos:]
-        self.offset += pos
+            self.count += 1
+            yield Event(fields[0], fields[1], fields[2], fields[3], fields[4], fields[5],
+                        fields[6], fields[7], fields[8], fields[9],
+                        buf[pos + size:pos + n] if n > size else b"")
+            pos += n
+        self._keep(buf, pos)
+
+    def tally(self, data: bytes, kinds: list[int]) -> int:
+        """Check the events of ``data`` as ``feed`` decodes them, without decoding them:
+        ``kinds[k]`` counts the events of kind ``k``. Returns the snapshot tables among them
+        (TABLE events with the SNAPSHOT flag)."""
+        buf = self.buf + data
+        pos = 0
+        snapshots = 0
+        while len(buf) - pos >= EVENT.size:
+            n = self._size_at(buf, pos)
+            if not n:
+                break
+            kind = buf[pos]
+            kinds[kind] += 1
+            if kind == TABLE and buf[pos + 3] & SNAPSHOT:
+                snapshots += 1
+            self.count += 1
+            pos += n
+        self._keep(buf, pos)
+        return snapshots
 
     def finish(self) -> None:
         if self.buf:
@@ -149,10 +182,32 @@ class Recording:
     def events(self) -> Iterator[Event]:
         """The events in order; RecordingError on a corrupt, truncated or inconsistent body."""
         stream = EventStream()
+        for raw in self._body(stream):
+            try:
+                yield from stream.feed(raw)
+            except RecordingError as exc:
+                raise RecordingError(f"{self.path}: {exc}") from None
+
+    def tally(self) -> tuple[list[int], int]:
+        """Read the whole body and check it as ``events`` does, without decoding the events:
+        (events per kind, snapshot tables); RecordingError at the first problem."""
+        stream = EventStream()
+        kinds = [0] * len(KIND_NAMES)
+        snapshots = 0
+        for raw in self._body(stream):
+            try:
+                snapshots += stream.tally(raw, kinds)
+            except RecordingError as exc:
+                raise RecordingError(f"{self.path}: {exc}") from None
+        return kinds, snapshots
+
+    def _body(self, stream: EventStream) -> Iterator[bytes]:
+        """The body's bytes, decompressed, in pieces; once they are all read (and ``stream`` fed
+        with every piece), the checks of the whole body: nothing after it, no event cut short,
+        and the event count, byte count and SHA-256 its header records."""
         decomp = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
         digest = hashlib.sha256()
         total = 0
-        count = 0
         with open(self.path, "rb") as handle:
             handle.seek(self.body_offset)
             pos = self.body_offset
@@ -173,12 +228,7 @@ class Recording:
                 pos += len(data) - len(decomp.unused_data)
                 digest.update(raw)
                 total += len(raw)
-                try:
-                    for event in stream.feed(raw):
-                        count += 1
-                        yield event
-                except RecordingError as exc:
-                    raise RecordingError(f"{self.path}: {exc}") from None
+                yield raw
             if decomp.unused_data or handle.read(1):
                 raise RecordingError(f"{self.path}: trailing bytes after the body at byte offset "
                                      f"{pos}")
@@ -186,6 +236,7 @@ class Recording:
             stream.finish()
         except RecordingError as exc:
             raise RecordingError(f"{self.path}: {exc}") from None
+        count = stream.count
         want = self.header.get("body")
         if isinstance(want, dict):
             if want.get("events") != count or want.get("bytes") != total or \

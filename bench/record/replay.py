@@ -94,12 +94,8 @@ def check(path: Path) -> fmt.Recording:
     """Open and read the whole recording once (RecordingError at the first problem), so a bad
     file fails before anything is simulated."""
     rec = fmt.open_recording(path)
-    snapshot = marks = 0
-    for e in rec.events():
-        if e.kind == fmt.TABLE and e.flags & fmt.SNAPSHOT:
-            snapshot += 1
-        elif e.kind == fmt.MARK:
-            marks += 1
+    kinds, snapshot = rec.tally()
+    marks = kinds[fmt.MARK]
     if rec.header.get("entry_bytes") not in (4, 8):
         raise fmt.RecordingError(f"{path}: header entry_bytes {rec.header.get('entry_bytes')!r} "
                                  f"is not 4 or 8 (an i386 recording)")

@@ -2,8 +2,9 @@
 
 The project's metadata is in pyproject.toml. This script only adds two optional builds:
 
-- the native core, bench/core/_core.c and _scan.c (the shadow MMU, the built-in policies and the
-  scan workloads' generators in C, issue 17;
+- the native core, bench/core/_core.c, _scan.c and _guest.c (the shadow MMU, the built-in
+  policies, the kscand, linear-scan and kmap generators and the replay of a recorded guest in C,
+  issue 17;
   bench/core/__init__.py explains what runs there), compiled with the machine's C compiler;
   beside the module it writes ``bench/core/_core.json`` with the SHA-256 of the source it was
   built from, so a checkout uses it only for that very source;
@@ -32,8 +33,10 @@ ROOT = Path(__file__).resolve().parent
 CORE = runpy.run_path(str(ROOT / "bench" / "_compiled.py"))
 PURE = os.environ.get(CORE["PURE_ENV"], "") not in ("", "0")
 NATIVE = "bench.core._core"
-NATIVE_SOURCES = tuple(Path("bench") / "core" / name for name in ("_core.c", "_scan.c"))
-"""The native core's C sources, in the order their SHA-256 is taken (bench.core.SOURCES)."""
+NATIVE_SOURCES = tuple(Path("bench") / "core" / name
+                       for name in ("_core.c", "_scan.c", "_guest.c", "_stream.h"))
+"""The native core's C sources and its header, in the order their SHA-256 is taken
+(bench.core.SOURCES)."""
 
 
 def _warn(message: str) -> None:
@@ -140,7 +143,8 @@ def native_extension() -> list:
     """The native core (a plain C extension: any C99 compiler and the Python headers)."""
     if PURE:
         return []
-    return [Extension(NATIVE, [str(source) for source in NATIVE_SOURCES],
+    return [Extension(NATIVE, [str(source) for source in NATIVE_SOURCES if source.suffix == ".c"],
+                      depends=[str(source) for source in NATIVE_SOURCES if source.suffix == ".h"],
                       extra_compile_args=["-O2"])]
 
 

@@ -17,6 +17,8 @@ Under ``CI=true`` the native core must be in use, as in tests/test_native_core.p
 
 from __future__ import annotations
 
+import json
+import lzma
 import os
 import random
 from pathlib import Path
@@ -47,6 +49,10 @@ def _python_only(monkeypatch: pytest.MonkeyPatch) -> None:
 def _state(w) -> dict:
     """What the Python objects hold after the run (the C stream writes its state back; the kmap
     stream has none to write)."""
+    if hasattr(w, "last_player"):  # a recording's Replayer
+        p = w.last_player
+        return {"cr3": p.cr3, "kmap": p.kmap, "stats": dict(p.stats), "vbase": dict(p.vbase),
+                "level": dict(p.level)}
     if not hasattr(w, "last_runner"):
         return {}
     zone = w.last_scanner
@@ -252,5 +258,177 @@ def test_a_policy_generating_its_own_stream_natively_matches_python(policy, work
     params = {**QUICK, **params}
     python = _generated(policy, workload, params, 4, False, monkeypatch)
     native = _generated(policy, workload, params, 4, True, monkeypatch)
+    assert python.guest_ops > 0
+    assert native == python
+
+
+
+# -------------------------------------------------------------- a recorded guest's replay in C
+import _tiny_recording as TR  # noqa: E402
+from bench.errors import BenchError  # noqa: E402
+from bench.record import format as F  # noqa: E402
+from bench.record import replay  # noqa: E402
+
+FULL = ["fork-exit-686", "fork-exit-686-pae", "demand-paging-686", "demand-paging-686-pae"]
+"""Shipped recordings replayed whole in both implementations (the others, longer, to a prefix
+here, and whole in tests/test_guest_replay.py's conformance runs, natively)."""
+
+
+@pytest.mark.parametrize("name", sorted(replay.shipped()))
+def test_the_c_replay_of_a_shipped_recording_gives_the_python_stream(name, monkeypatch):
+    """The guest workload's stream from bench/core/_guest.c against Replayer.ops: operations,
+    the reads (table words, translations, the kmap slot's pte) after the same operations,
+    memory, and the Replayer's cr3, kmap slot, stats, vbase and level at the end."""
+    params = {"recording": name} if name in FULL else {"recording": name, "events": 150_000}
+    _assert_same("guest", params, 0, monkeypatch, passes=False)
+
+
+def _tiny_variant(tmp_path: Path, extra: list, name: str, end: bool = True) -> dict:
+    """The tiny recording with ``extra`` events before its final MARK (dropped without ``end``)."""
+    evs = TR.events()
+    last = evs.pop()
+    return {"recording": str(TR.write(tmp_path / f"{name}.rec", evs + extra + ([last] if end
+                                                                              else [])))}
+
+
+KMAP_TABLE, KMAP_VA = 0x7000, 0xFF800000
+"""A kernel pte table mapping the top of the address space, outside the direct map (a
+kmap_local slot's table in the recorder's terms)."""
+
+
+def _kmap_snapshot() -> list:
+    """The tiny recording's snapshot plus KMAP_TABLE, linked from the directory."""
+    evs = TR.events()
+    d = bytearray(evs[0].payload)
+    d[(KMAP_VA >> 22) * 4:(KMAP_VA >> 22) * 4 + 4] = (KMAP_TABLE | 0x63).to_bytes(4, "little")
+    evs[0] = F.Event(F.TABLE, 2, 0, F.SNAPSHOT, 4096, 0, 0, TR.D, 0, 0, bytes(d))
+    evs.insert(3, F.Event(F.TABLE, 1, 0, F.SNAPSHOT, 4096, 0, 0, KMAP_TABLE, KMAP_VA, 0,
+                          bytes(4096)))
+    return evs
+
+
+def _high_table(icount: int) -> F.Event:
+    """A frame above the direct map becoming a table whose contents memory does not hold."""
+    page = bytearray(4096)
+    page[16:20] = (0x123000 | TR.USER_PTE).to_bytes(4, "little")
+    return F.Event(F.TABLE, 1, 0, 0, 4096, icount, 0, 0x40000000, 0x0C000000, 0, bytes(page))
+
+
+def _tiny_cases(tmp_path: Path) -> dict[str, dict]:
+    pte = 0xC0000000 + TR.T
+    new_pt, new_pd = 0x5000, 0x6000
+    pt = bytearray(4096)
+    pt[8:12] = (0x300000 | TR.USER_PTE).to_bytes(4, "little")
+    pd = bytearray(4096)
+    pd[0x10 * 4:0x10 * 4 + 4] = (new_pt | TR.USER_PDE).to_bytes(4, "little")
+    pd[768 * 4:768 * 4 + 4] = TR.KERNEL_LARGE.to_bytes(4, "little")
+    slot_store = F.Event(F.STORE, 4, 1, 0, 1, 1080, 0xC1000000, KMAP_TABLE + 8,
+                         0xC0000000 + KMAP_TABLE + 8, 0x40000000 | 0x63)
+    kmap_evs = _kmap_snapshot()
+    last = kmap_evs.pop()
+    kmap_path = tmp_path / "kmap.rec"
+    TR.write(kmap_path, kmap_evs + [slot_store, _high_table(1090), last])
+    return {
+        "tiny": {"recording": str(TR.write(tmp_path / "tiny.rec"))},
+        "prefix": {"recording": str(TR.write(tmp_path / "prefix.rec")), "events": 3},
+        "walks-and-classes": _tiny_variant(tmp_path, [
+            F.Event(F.WALK, 0, 1, F.WRITE, 0, 1050, 0xC1000000, 0, pte, 0),
+            F.Event(F.WALK, 0, 1, 0, 0, 1050, 0xC1000000, 0, 0xFFF00000, 0),
+            F.Event(F.STORE, 4, 9, 0, 1, 1050, 0xC1000000, TR.T + 12, pte + 12, 0),
+            F.Event(F.STORE, 4, 7, F.LOCKED, 1, 1051, 0xC1000000, TR.T + 4, pte + 4,
+                    (TR.DATA1 | TR.USER_PTE) & ~0x2),
+            F.Event(F.STORE, 4, 7, 0, 1, 1052, 0xC1000000, TR.T + 4, pte + 5, 0),  # unaligned
+            F.Event(F.STORE, 2, 0, 0, 1, 1053, 0xC1000000, TR.T + 4, pte + 4, 7),  # "other"
+            F.Event(F.STORE, 4, 200, 0, 1, 1054, 0xC1000000, TR.T + 4, pte + 4, 7),  # past names
+            F.Event(F.STORE, 8, 4, F.LOCKED, 1, 1055, 0xC1000000, TR.T + 8, pte + 8, 5),
+            F.Event(F.WALK, 0, 1, 0, 0, 1056, 0xC1000000, 0, 0xFFF01000, 0),
+            F.Event(F.STORE, 4, 1, 0, 1, 1056, 0xC1000000, TR.T + 4, pte + 4, 9),  # other page
+        ], "w"),
+        "table-mid-run": _tiny_variant(tmp_path, [
+            F.Event(F.CR3, 0, 0, 0, 0, 1060, 0, new_pd, 0, new_pd),
+            F.Event(F.TABLE, 2, 0, 0, 4096, 1060, 0, new_pd, 0, 0, bytes(pd)),
+            F.Event(F.TABLE, 1, 0, 0, 4096, 1060, 0, new_pt, 0x04000000, 0, bytes(pt)),
+            F.Event(F.WALK, 0, 1, F.USER, 0, 1070, 0x08048000, 0, 0x04002000, 0),
+            F.Event(F.WALK, 0, 1, F.USER, 0, 1071, 0x08048000, 0, 0x04003000, 0),
+            F.Event(F.TABLE, 1, 0, 0, 4096, 1072, 0, new_pt, 0x04000000, 0, bytes(4096)),
+            F.Event(F.UNTABLE, 1, 0, 0, 0, 1073, 0, new_pt, 0x04000000, 0),
+        ], "t"),
+        "no-final-mark": _tiny_variant(tmp_path, [
+            F.Event(F.WALK, 0, 1, F.USER, 0, 1070, 0x08048000, 0, TR.USER_VA, 0),
+            F.Event(F.CR3, 0, 0, 0, 0, 1080, 0, TR.D, 0, TR.D)], "n", end=False),
+        "kmap-slot": {"recording": str(kmap_path)},
+    }
+
+
+@pytest.mark.parametrize("case", ["tiny", "prefix", "walks-and-classes", "table-mid-run",
+                                  "no-final-mark", "kmap-slot"])
+def test_the_c_replay_of_every_event_rule_gives_the_python_stream(case, tmp_path, monkeypatch):
+    params = _tiny_cases(tmp_path)[case]
+    _assert_same("guest", params, 0, monkeypatch, passes=False)
+    python = _stream("guest", params, 0, False, monkeypatch)
+    assert python["ops"]
+    if case == "kmap-slot":  # the table was written through the slot
+        assert python["state"]["stats"]["tables_rewritten_kmap"] == 1
+    if case == "walks-and-classes":
+        assert {"walks_of_a_store", "btr_not_accessed", "store_stos_as_mov",
+                "store_other_as_mov"} <= set(python["state"]["stats"])
+
+
+def test_the_c_replay_taken_one_tuple_at_a_time_is_the_python_stream(monkeypatch):
+    _assert_same("guest", {"recording": "fork-exit-686-pae", "events": 40_000}, 0, monkeypatch,
+                 direct=False, passes=False)
+
+
+def _failure(params: dict, native: bool, monkeypatch) -> tuple[type, str]:
+    with pytest.raises(BenchError) as info:
+        _stream("guest", params, 0, native, monkeypatch)
+    return type(info.value), str(info.value)
+
+
+def test_the_c_replay_fails_as_the_python_one(tmp_path, monkeypatch):
+    """A recording that goes bad after its snapshot (after the check that reads it whole before
+    a run: a file replaced meanwhile) fails the same way, with the same one-line message."""
+    good = TR.events()
+    body = b"".join(F.encode_event(e) for e in good)
+    cases = {}
+    bad_kind = bytearray(F.encode_event(good[5]))
+    bad_kind[0] = 9
+    for name, raw in [("kind", body[:-48] + bytes(bad_kind) + body[-48:]),
+                      ("cut", body[:-20])]:
+        path = tmp_path / f"{name}.rec"
+        TR.write(path)
+        data = path.read_bytes()
+        rec = F.open_recording(path)
+        header = dict(rec.header, body={"events": 0, "bytes": len(raw), "sha256": "x"})
+        head = json.dumps(header).encode()
+        path.write_bytes(F.PREAMBLE.pack(F.MAGIC, 1, 0, len(head)) + head +
+                         lzma.compress(raw, format=lzma.FORMAT_XZ))
+        assert data != path.read_bytes()
+        cases[name] = {"recording": str(path)}
+    mismatch = tmp_path / "mismatch.rec"  # read to its end: no final MARK stops the replay
+    TR.write(mismatch, TR.events()[:-1])
+    rec = F.open_recording(mismatch)
+    head = json.dumps(dict(rec.header, body=dict(rec.header["body"], events=99))).encode()
+    with open(mismatch, "rb") as handle:
+        handle.seek(rec.body_offset)
+        compressed = handle.read()
+    mismatch.write_bytes(F.PREAMBLE.pack(F.MAGIC, 1, 0, len(head)) + head + compressed)
+    cases["mismatch"] = {"recording": str(mismatch)}
+    no_slot = _kmap_snapshot()
+    last = no_slot.pop()
+    cases["no-slot"] = {"recording": str(TR.write(tmp_path / "noslot.rec",
+                                                  no_slot + [_high_table(1090), last]))}
+    for name, params in cases.items():
+        python = _failure(params, False, monkeypatch)
+        assert _failure(params, True, monkeypatch) == python, name
+        assert ("kmap_local" in python[1]) == (name == "no-slot"), python
+        assert type(python[0]) is not BenchError or name == "no-slot"
+
+
+@pytest.mark.parametrize("policy", ["flood-count", "unsync", "xen-batch", "tdp"])
+def test_a_policy_generating_its_own_guest_stream_natively_matches_python(policy, monkeypatch):
+    params = {"recording": "fork-exit-686", "events": 60_000}
+    python = _generated(policy, "guest", params, 0, False, monkeypatch)
+    native = _generated(policy, "guest", params, 0, True, monkeypatch)
     assert python.guest_ops > 0
     assert native == python

@@ -2,14 +2,16 @@
 
 ``-w guest:NAME`` runs a shipped recording (recordings/README.md), ``-w guest:FILE.rec`` any
 recording; ``events`` replays a bounded prefix. How events become operations:
-bench/record/replay.py; what is approximated and how the real kernel compares with the
-synthetic workloads: docs/real-guests.md.
+bench/record/replay.py (with the native core, bench/core/_guest.c: the same operations, in C);
+what is approximated and how the real kernel compares with the synthetic workloads:
+docs/real-guests.md.
 """
 
 from __future__ import annotations
 
 import random
 
+from bench.core.generators import Deferred, guest_stream
 from bench.params import Param
 from bench.record import replay
 from bench.workload import GuestRun, Workload
@@ -54,7 +56,9 @@ class GuestReplay(Workload):
     def build(self, rng: random.Random) -> GuestRun:
         player = replay.Replayer(replay.resolve(self.recording), self.events)
         sizes = {"page_tables": len(player.guest.mem.tables)}
-        return GuestRun(player.guest, [player.cr3], player.ops(), sizes)
+        self.last_player = player
+        return GuestRun(player.guest, [player.cr3],
+                        Deferred(lambda: guest_stream(player), player.ops), sizes)
 
     def check_inputs(self) -> None:
         """Read the whole recording now (its events are read lazily during the run)."""

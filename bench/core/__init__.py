@@ -9,8 +9,12 @@ compiler, or with ``SHADOWBENCH_PURE=1`` or ``SHADOWBENCH_NATIVE=0`` in the envi
 Python reference runs instead, at Python speed, and ``python -m bench run`` says so in one line
 on stderr.
 
-The kscand and linear-scan generators run natively too (bench/core/_scan.c, driven by
-bench.core.generators): the same operations and guest-memory reads as the Python generators.
+The workloads' generators run natively too, driven by bench.core.generators: kscand,
+linear-scan and kmap (bench/core/_scan.c) and the guest workload's replay of a recorded real
+guest (bench/core/_guest.c, which reads the recording's body itself): the same operations and
+guest-memory reads as the Python generators (tests/test_native_generators.py). The other
+workloads (fork-exit, demand-paging) generate in Python; their operations are executed and
+recorded in C all the same.
 
 What runs natively (``native_spec``): a replay under one of the built-in shadow-paging policies,
 exactly as registered (its class, not a subclass): always-emulate, always-unshadow, flood-count
@@ -43,8 +47,9 @@ from typing import Any
 
 from bench.machine.counters import ALL_COUNTERS
 
-SOURCES = ("_core.c", "_scan.c")
-"""The C sources of the extension, in the order their SHA-256 is taken (setup.py NATIVE_SOURCES)."""
+SOURCES = ("_core.c", "_scan.c", "_guest.c", "_stream.h")
+"""The C sources of the extension (its header last), in the order their SHA-256 is taken
+(setup.py NATIVE_SOURCES)."""
 MANIFEST = "_core.json"
 NATIVE_ENV = "SHADOWBENCH_NATIVE"
 PURE_ENV = "SHADOWBENCH_PURE"

@@ -20,57 +20,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef uint64_t u64;
-typedef int64_t i64;
+#include "_stream.h"
 
-enum { O_STORE = 0, O_BTR = 1, O_LOAD = 3, O_INVLPG = 4, O_CR3 = 5, O_COMPUTE = 6, O_MARK = 7 };
-enum { I_MOV, I_BTR, I_COMPUTE, I_CR3, I_INVLPG, I_MARK, N_INSN };
-static const char *insn_text[N_INSN] = {"mov", "btr", "compute", "mov-cr3", "invlpg", "mark"};
-#define PAGE_OFFSET_ 0xC0000000ULL
+static const char *insn_text[N_INSN] = {"mov", "btr", "compute", "mov-cr3", "invlpg", "mark",
+                                        "xchg", "cmpxchg", "cmpxchg8b", "or", "and"};
 #define A_BIT_ 0x20ULL
-
-/* ---------------------------------------------------------------- operations queued for next() */
-typedef struct {
-    int kind, cpu;
-    u64 addr;
-    i64 arg;
-    u64 value;
-    PyObject *insn; /* borrowed: one of the stream's interned names */
-} GOp;
-
-typedef struct {
-    GOp *v;
-    Py_ssize_t n, cap;
-} OpVec;
-
-static int vec_push(OpVec *q, int kind, int cpu, u64 addr, i64 arg, u64 value, PyObject *insn) {
-    if (q->n == q->cap) {
-        Py_ssize_t cap = q->cap ? 2 * q->cap : 64;
-        GOp *v = realloc(q->v, cap * sizeof(GOp));
-        if (!v) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        q->v = v;
-        q->cap = cap;
-    }
-    GOp *o = &q->v[q->n++];
-    o->kind = kind;
-    o->cpu = cpu;
-    o->addr = addr;
-    o->arg = arg;
-    o->value = value;
-    o->insn = insn;
-    return 0;
-}
-
-static int vec_extend(OpVec *q, const GOp *from, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (vec_push(q, from[i].kind, from[i].cpu, from[i].addr, from[i].arg, from[i].value,
-                     from[i].insn) < 0)
-            return -1;
-    return 0;
-}
 
 /* ------------------------------------ random.Random's Mersenne Twister (CPython's MT19937) */
 typedef struct {
@@ -224,11 +178,9 @@ static void access_next(Access *a, long long *idx, u64 *off, int *write) {
 }
 
 /* ------------------------------------------------------- the stream: every piece of state */
-/* bench.machine.memory's READ32 / READ_ENTRY (a logged read's method) */
-enum { M_READ32 = 0, M_READ_ENTRY = 1 };
-typedef int (*scan_read_fn)(void *ctx, int method, u64 gpa, int pae, u64 *value);
+typedef stream_read_fn scan_read_fn;
 
-enum { W_KSCAND = 0, W_LINEAR = 1, W_KMAP = 2 };
+enum { W_KSCAND = 0, W_LINEAR = 1, W_KMAP = 2, W_GUEST = 3 };
 
 typedef struct {
     PyObject_HEAD
@@ -293,6 +245,8 @@ typedef struct {
     long long *k_vaddrs, *k_ptes, *k_slots, k_tables, k_per_table, k_warm, k_iterations, k_i;
     Py_ssize_t k_pages, *k_clear_at;
     int k_phase, k_marked;
+    /* the guest workload's replay of a recording (bench/core/_guest.c) */
+    GuestReplay *guest;
     /* the queue next() hands out */
     OpVec out;
     Py_ssize_t head;
@@ -358,6 +312,7 @@ static void ScanStream_dealloc(ScanStream *s) {
     free(s->k_ptes);
     free(s->k_slots);
     free(s->k_clear_at);
+    guest_free(s->guest);
     free(s->out.v);
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
@@ -739,6 +694,13 @@ static PyObject *ScanStream_new(PyTypeObject *type, PyObject *args, PyObject *kw
         goto fail;
     if (s->workload == W_KMAP) {
         if (read_kmap(s, spec) < 0)
+            goto fail;
+        return (PyObject *)s;
+    }
+    if (s->workload == W_GUEST) {
+        s->cpus = 1;
+        s->guest = guest_new(spec, s->insn);
+        if (!s->guest)
             goto fail;
         return (PyObject *)s;
     }
@@ -1241,10 +1203,16 @@ static int kmap_refill(ScanStream *s) {
     return 1;
 }
 
+static int guest_read(void *ctx, int method, u64 gpa, int pae, u64 *value) {
+    return stream_read((ScanStream *)ctx, method, gpa, pae, value);
+}
+
 /* fill s->out with the next operations; 0 when the stream has ended */
 static int refill(ScanStream *s) {
     if (s->workload == W_KMAP)
         return kmap_refill(s);
+    if (s->workload == W_GUEST)
+        return guest_refill(s->guest, &s->out, guest_read, s);
     while (s->out.n == 0) {
         if (s->in_pass) {
             int r = s->workload == W_KSCAND ? kscand_visit(s) : linear_visit(s);
@@ -1364,7 +1332,7 @@ static int advance(ScanStream *s, const GOp **op) {
                 stream_release(s);
                 return 0;
             }
-            PyObject *state = final_state(s);
+            PyObject *state = s->guest ? guest_final_state(s->guest) : final_state(s);
             stream_release(s);
             PyObject *res = state ? PyObject_CallOneArg(s->on_done, state) : NULL;
             Py_XDECREF(state);

@@ -18,6 +18,12 @@ subclass included, runs the Python generator, as does every run without the nati
 ``kmap_stream`` gives the kmap microbenchmark's stream (workloads/kmap.py KmapBench._ops) the same
 way: its only reads are the fixmap pte compares of the kernel variants that make them (rhel3's
 same-value shortcut, 2.6-proposed's flush-if-changed), and it leaves no Python state to write back.
+
+``guest_stream`` gives a recorded guest's replay (bench/record/replay.py Replayer.ops) the same
+way (bench/core/_guest.c): the recording's decompressed body read in C, the same guest-memory
+reads (the table contents compared word by word, the walks of _translate, the kmap slot's pte),
+and the Replayer's cr3, kmap slot and stats written back at the end (its vbase and level dicts
+are updated as it goes).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 
 from bench import core
 
-W_KSCAND, W_LINEAR, W_KMAP = 0, 1, 2
+W_KSCAND, W_LINEAR, W_KMAP, W_GUEST = 0, 1, 2, 3
 
 
 class Deferred:
@@ -170,3 +176,39 @@ def kmap_stream(kernel: Any, cpus: int, vaddrs: list[int], ptes: list[int], ntab
         "ptes": list(ptes), "slots": slots, "clear": clear, "clear_at": clear_at,
     }
     return module.ScanStream(spec, kernel.mem, sizes, None)
+
+
+def guest_stream(player: Any) -> Iterator[tuple] | None:
+    """The native stream of ``player.ops()`` (a bench.record.replay.Replayer whose snapshot is
+    loaded), or None when the Python generator must run."""
+    module = core.load() if enabled else None
+    if module is None:
+        return None
+    from bench.errors import BenchError
+    from bench.ops import PAGE_OFFSET
+    from bench.record import format as fmt
+    from bench.record import replay
+
+    if type(player) is not replay.Replayer or PAGE_OFFSET != 0xC0000000:
+        return None
+    events = fmt.EventStream()
+    pte_va, pte_pa, slot = player.kmap if player.kmap is not None else (0, 0, 0)
+    spec: dict[str, Any] = {
+        "workload": W_GUEST, "chunks": player.rec.body(events), "events": events,
+        "path": str(player.rec.path), "error": fmt.RecordingError, "bench_error": BenchError,
+        "vbase": player.vbase, "level": player.level, "pae": int(player.pae),
+        "skip": player.snapshot_events, "limit": player.limit, "cr3": player.cr3,
+        "kmap_seen": int(player.kmap is not None), "kmap_pte_va": pte_va,
+        "kmap_pte_pa": pte_pa, "kmap_slot": slot, "kmap_prot": replay.KMAP_PROT,
+        "direct_end": replay.DIRECT_END, "insn_names": tuple(fmt.INSN_NAMES),
+        "store_classes": tuple(sorted(replay.STORE_CLASSES)),
+    }
+
+    def done(state: dict[str, Any]) -> None:
+        """The Replayer as its ops() generator leaves it."""
+        player.cr3 = state["cr3"]
+        player.kmap = state["kmap"]
+        for key, n in state["stats"].items():
+            player.stats[key] = player.stats.get(key, 0) + n
+
+    return module.ScanStream(spec, player.guest.mem, {}, done)

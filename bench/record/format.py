@@ -182,7 +182,7 @@ class Recording:
     def events(self) -> Iterator[Event]:
         """The events in order; RecordingError on a corrupt, truncated or inconsistent body."""
         stream = EventStream()
-        for raw in self._body(stream):
+        for raw in self.body(stream):
             try:
                 yield from stream.feed(raw)
             except RecordingError as exc:
@@ -194,17 +194,19 @@ class Recording:
         stream = EventStream()
         kinds = [0] * len(KIND_NAMES)
         snapshots = 0
-        for raw in self._body(stream):
+        for raw in self.body(stream):
             try:
                 snapshots += stream.tally(raw, kinds)
             except RecordingError as exc:
                 raise RecordingError(f"{self.path}: {exc}") from None
         return kinds, snapshots
 
-    def _body(self, stream: EventStream) -> Iterator[bytes]:
+    def body(self, stream: EventStream) -> Iterator[bytes]:
         """The body's bytes, decompressed, in pieces; once they are all read (and ``stream`` fed
-        with every piece), the checks of the whole body: nothing after it, no event cut short,
-        and the event count, byte count and SHA-256 its header records."""
+        with every piece), the checks of the whole body: nothing after it, no event cut short
+        (``stream.buf`` empty, else the error names ``stream.offset``), and the event count
+        (``stream.count``), byte count and SHA-256 its header records. The native core's replay
+        (bench/core/_guest.c) decodes the pieces itself and keeps those three attributes."""
         decomp = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
         digest = hashlib.sha256()
         total = 0

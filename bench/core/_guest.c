@@ -110,32 +110,9 @@ void guest_free(GuestReplay *g) {
     free(g);
 }
 
-static PyObject *item(PyObject *spec, const char *key) {
-    PyObject *v = PyDict_GetItemString(spec, key);
-    if (!v && !PyErr_Occurred())
-        PyErr_Format(PyExc_KeyError, "guest replay spec has no %s", key);
-    return v;
-}
-
-static int item_ll(PyObject *spec, const char *key, long long *out) {
-    PyObject *v = item(spec, key);
-    if (!v)
-        return -1;
-    *out = PyLong_AsLongLong(v);
-    return PyErr_Occurred() ? -1 : 0;
-}
-
-static int item_u64(PyObject *spec, const char *key, u64 *out) {
-    PyObject *v = item(spec, key);
-    if (!v)
-        return -1;
-    *out = PyLong_AsUnsignedLongLong(v);
-    return PyErr_Occurred() ? -1 : 0;
-}
-
 /* the instruction classes: fmt.INSN_NAMES (codes past its end are "other", code 0's name) */
 static int read_classes(GuestReplay *g, PyObject *spec, PyObject *const insn[N_INSN]) {
-    PyObject *names = item(spec, "insn_names"), *classes = item(spec, "store_classes");
+    PyObject *names = spec_item(spec, "insn_names"), *classes = spec_item(spec, "store_classes");
     if (!names || !classes || !PyTuple_Check(names) || PyTuple_GET_SIZE(names) < 1 ||
         PyTuple_GET_SIZE(names) > N_CLASSES - 1) {
         if (!PyErr_Occurred())
@@ -179,13 +156,13 @@ GuestReplay *guest_new(PyObject *spec, PyObject *const insn[N_INSN]) {
         PyErr_NoMemory();
         return NULL;
     }
-    PyObject *chunks = item(spec, "chunks");
+    PyObject *chunks = spec_item(spec, "chunks");
     g->chunks = chunks ? PyObject_GetIter(chunks) : NULL;
     const char *keys[6] = {"events", "path", "error", "bench_error", "vbase", "level"};
     PyObject **slots[6] = {&g->events, &g->path, &g->error, &g->bench_error, &g->vbase,
                            &g->level};
     for (int k = 0; g->chunks && k < 6; k++) {
-        PyObject *v = item(spec, keys[k]);
+        PyObject *v = spec_item(spec, keys[k]);
         if (!v)
             goto fail;
         *slots[k] = Py_NewRef(v);
@@ -199,14 +176,14 @@ GuestReplay *guest_new(PyObject *spec, PyObject *const insn[N_INSN]) {
     for (int k = 0; k < N_INSN; k++)
         g->insn[k] = insn[k];
     long long pae, cr3, kmap_seen;
-    if (item_ll(spec, "pae", &pae) < 0 || item_ll(spec, "skip", &g->skip) < 0 ||
-        item_ll(spec, "limit", &g->limit) < 0 || item_ll(spec, "cr3", &cr3) < 0 ||
-        item_u64(spec, "kmap_prot", &g->kmap_prot) < 0 ||
-        item_u64(spec, "direct_end", &g->direct_end) < 0 ||
-        item_ll(spec, "kmap_seen", &kmap_seen) < 0 ||
-        item_u64(spec, "kmap_pte_va", &g->kmap_pte_va) < 0 ||
-        item_u64(spec, "kmap_pte_pa", &g->kmap_pte_pa) < 0 ||
-        item_u64(spec, "kmap_slot", &g->kmap_slot) < 0 || read_classes(g, spec, insn) < 0)
+    if (spec_ll(spec, "pae", &pae) < 0 || spec_ll(spec, "skip", &g->skip) < 0 ||
+        spec_ll(spec, "limit", &g->limit) < 0 || spec_ll(spec, "cr3", &cr3) < 0 ||
+        spec_u64(spec, "kmap_prot", &g->kmap_prot) < 0 ||
+        spec_u64(spec, "direct_end", &g->direct_end) < 0 ||
+        spec_ll(spec, "kmap_seen", &kmap_seen) < 0 ||
+        spec_u64(spec, "kmap_pte_va", &g->kmap_pte_va) < 0 ||
+        spec_u64(spec, "kmap_pte_pa", &g->kmap_pte_pa) < 0 ||
+        spec_u64(spec, "kmap_slot", &g->kmap_slot) < 0 || read_classes(g, spec, insn) < 0)
         goto fail;
     g->pae = pae != 0;
     g->cr3 = (u64)cr3;

@@ -318,28 +318,6 @@ static void ScanStream_dealloc(ScanStream *s) {
 }
 
 /* ------------------------------------------------------------------- reading the spec dict */
-static PyObject *spec_item(PyObject *spec, const char *key) {
-    PyObject *v = PyDict_GetItemString(spec, key); /* borrowed */
-    if (!v && !PyErr_Occurred())
-        PyErr_Format(PyExc_KeyError, "ScanStream spec has no %s", key);
-    return v;
-}
-
-static int spec_ll(PyObject *spec, const char *key, long long *out) {
-    PyObject *v = spec_item(spec, key);
-    if (!v)
-        return -1;
-    *out = PyLong_AsLongLong(v);
-    return PyErr_Occurred() ? -1 : 0;
-}
-
-static int spec_u64(PyObject *spec, const char *key, u64 *out) {
-    PyObject *v = spec_item(spec, key);
-    if (!v)
-        return -1;
-    *out = PyLong_AsUnsignedLongLong(v);
-    return PyErr_Occurred() ? -1 : 0;
-}
 
 static int spec_int(PyObject *spec, const char *key, int *out) {
     long long v;
@@ -623,17 +601,23 @@ static int read_linear(ScanStream *s, PyObject *spec) {
                ? -1 : 0;
 }
 
+/* the guest and kernel variant every generator's spec gives: its vCPUs, PAE or not, lowmem, and
+ * how kmap_atomic treats its fixmap pte (workloads/_kmap.py Kernel) */
+static int read_kernel(ScanStream *s, PyObject *spec) {
+    return spec_int(spec, "cpus", &s->cpus) < 0 || spec_int(spec, "pae", &s->pae) < 0 ||
+                   spec_ll(spec, "lowmem_pages", &s->lowmem_pages) < 0 ||
+                   spec_u64(spec, "kmap_prot", &s->kmap_prot) < 0 ||
+                   spec_int(spec, "skip_same", &s->skip_same) < 0 ||
+                   spec_int(spec, "check_same", &s->check_same) < 0 ||
+                   spec_int(spec, "map_flush", &s->map_flush) < 0 ||
+                   spec_ll(spec, "kmap_gap", &s->kmap_gap) < 0
+               ? -1 : 0;
+}
+
 /* KmapBench's spec (bench/core/generators.py kmap_stream) */
 static int read_kmap(ScanStream *s, PyObject *spec) {
     PyObject *clear = spec_item(spec, "clear");
-    if (!clear || spec_int(spec, "cpus", &s->cpus) < 0 || spec_int(spec, "pae", &s->pae) < 0 ||
-        spec_ll(spec, "lowmem_pages", &s->lowmem_pages) < 0 ||
-        spec_u64(spec, "kmap_prot", &s->kmap_prot) < 0 ||
-        spec_int(spec, "skip_same", &s->skip_same) < 0 ||
-        spec_int(spec, "check_same", &s->check_same) < 0 ||
-        spec_int(spec, "map_flush", &s->map_flush) < 0 ||
-        spec_ll(spec, "kmap_gap", &s->kmap_gap) < 0 ||
-        spec_ll(spec, "tables", &s->k_tables) < 0 ||
+    if (!clear || read_kernel(s, spec) < 0 || spec_ll(spec, "tables", &s->k_tables) < 0 ||
         spec_ll(spec, "ptes_per_table", &s->k_per_table) < 0 ||
         spec_ll(spec, "iterations", &s->k_iterations) < 0 || read_clear(s, clear) < 0)
         return -1;
@@ -712,17 +696,10 @@ static PyObject *ScanStream_new(PyTypeObject *type, PyObject *args, PyObject *kw
     }
     s->passes = PyLong_AsLongLong(passes);
     PyObject *clear = spec_item(spec, "clear");
-    if (PyErr_Occurred() || !clear || spec_ll(spec, "jiffies", &s->jiffies) < 0 || spec_int(spec, "cpus", &s->cpus) < 0 ||
-        spec_int(spec, "pae", &s->pae) < 0 ||
-        spec_ll(spec, "lowmem_pages", &s->lowmem_pages) < 0 ||
-        spec_u64(spec, "slot_vaddr", &s->slot_vaddr) < 0 ||
+    if (PyErr_Occurred() || !clear || spec_ll(spec, "jiffies", &s->jiffies) < 0 ||
+        read_kernel(s, spec) < 0 || spec_u64(spec, "slot_vaddr", &s->slot_vaddr) < 0 ||
         spec_u64(spec, "slot_pte_kva", &s->slot_pte_kva) < 0 ||
         spec_u64(spec, "slot_pte_gpa", &s->slot_pte_gpa) < 0 ||
-        spec_u64(spec, "kmap_prot", &s->kmap_prot) < 0 ||
-        spec_int(spec, "skip_same", &s->skip_same) < 0 ||
-        spec_int(spec, "check_same", &s->check_same) < 0 ||
-        spec_int(spec, "map_flush", &s->map_flush) < 0 ||
-        spec_ll(spec, "kmap_gap", &s->kmap_gap) < 0 ||
         spec_ll(spec, "visit_gap", &s->visit_gap) < 0 || read_clear(s, clear) < 0)
         goto fail;
     if (s->cpus < 1 || s->cpus > 0xFFFF || (s->workload != W_KSCAND && s->workload != W_LINEAR)) {

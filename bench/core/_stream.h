@@ -70,6 +70,30 @@ static inline int vec_extend(OpVec *q, const GOp *from, Py_ssize_t n) {
     return 0;
 }
 
+/* ------------------------------------------------------------------- reading a spec dict */
+static inline PyObject *spec_item(PyObject *spec, const char *key) {
+    PyObject *v = PyDict_GetItemString(spec, key); /* borrowed */
+    if (!v && !PyErr_Occurred())
+        PyErr_Format(PyExc_KeyError, "ScanStream spec has no %s", key);
+    return v;
+}
+
+static inline int spec_ll(PyObject *spec, const char *key, long long *out) {
+    PyObject *v = spec_item(spec, key);
+    if (!v)
+        return -1;
+    *out = PyLong_AsLongLong(v);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static inline int spec_u64(PyObject *spec, const char *key, u64 *out) {
+    PyObject *v = spec_item(spec, key);
+    if (!v)
+        return -1;
+    *out = PyLong_AsUnsignedLongLong(v);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
 /* ------------------------------------------------- bench/core/_guest.c: a recording's replay */
 typedef struct GuestReplay GuestReplay;
 /* the replay described by ``spec`` (bench/core/generators.py guest_stream), or NULL (error set) */

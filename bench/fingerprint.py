@@ -4,7 +4,8 @@ A cell (bench.experiment.Cell) is cached under a hash of everything that determi
 counters; besides the names, parameters and seed that is:
 
 - the code that runs: the SHA-256 of every source file of the ``bench``, ``policies`` and
-  ``workloads`` packages (the native core's C source, bench/core/*.c, included) except the
+  ``workloads`` packages (the native core's C sources and header, bench/core/*.c and *.h,
+  included) except the
   modules that only present stored results (``PRESENTATION``: the command line, statistics,
   pricing of records, charts, reports, benchmarks; a cell never imports them, which
   tests/test_cache_key.py checks), and, for a policy or workload registered by a third-party
@@ -87,7 +88,8 @@ def core_digest(root: Path = _ROOT) -> str:
         for path in (root / package).rglob("*.py"):
             if not _excluded(path.relative_to(root).as_posix()):
                 files.append(path)
-    files.extend(path for path in (root / "bench" / "core").glob("*.c")
+    native = root / "bench" / "core"
+    files.extend(path for pattern in ("*.c", "*.h") for path in native.glob(pattern)
                  if not _excluded(path.relative_to(root).as_posix()))
     return _hash_files(files, root)
 

@@ -89,6 +89,14 @@ def test_core_digest_covers_the_simulator_and_skips_presentation(tmp_path):
     with open(project / "bench" / "core" / "_core.c", "a") as handle:
         handle.write("\n")
     assert fingerprint.core_digest.__wrapped__(project) != after
+    # every file the native core is built from, its header too (bench.core.SOURCES)
+    from bench import core
+
+    for name in core.SOURCES:
+        was = fingerprint.core_digest.__wrapped__(project)
+        with open(project / "bench" / "core" / name, "a") as handle:
+            handle.write("\n")
+        assert fingerprint.core_digest.__wrapped__(project) != was, name
 
 
 def test_a_cell_never_imports_the_presentation_modules():

@@ -21,7 +21,7 @@ cyclic garbage collector paused (``gc_paused``): a guest run allocates many obje
 live until it ends, which the collector's repeated full collections walked for little (issue
 17's profile of the compiled build: about a fifth of a single-cell run); one collection after
 each simulation frees what it left in cycles (an executor, its policy, its shadow pages and
-their parents; a full collection only when the block allocated like a Python executor), so
+their parents; a full collection only when the block made a Python executor), so
 memory stays that of one policy's run at a time (docs/performance.md).
 
 With the native core built (bench.core), the native run, the oracle's record and the recording
@@ -67,26 +67,38 @@ class CellResult:
     sizes: dict[str, int] = field(default_factory=dict)
 
 
+_python_executors = 0
+"""Python executors made so far in this process (``python_executor``)."""
+
+
+def python_executor(executor: Any) -> Any:
+    """``executor``, a Python one (shadow, tdp, native or the oracle's recorder), counted: the
+    collection that ends a gc_paused block around it is a full one."""
+    global _python_executors
+    _python_executors += 1
+    return executor
+
+
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """The cyclic garbage collector disabled inside the block; afterwards, even when the block
     raises, its previous state is restored and, if it was enabled, one collection frees the
     cycles the block left (call it around a simulation whose executor is already unreachable
     when the block ends, so that its shadow pages are freed). The collection is a full one when
-    the block left more new container objects than the collector's own first threshold (a
-    Python executor's shadow pages, whose cycle runs through the policy made before the block,
-    an older generation); else, as after a native core's run, which leaves no cycles in
-    Python, only the youngest generation is collected (a full one walks every object of the
-    process: it cost about 2.7 s of the default run's 28 s of CPU when every simulation ended with
-    one)."""
+    a Python executor was made in the block (``python_executor``: its shadow pages' cycle runs
+    through the policy, made before the block, in an older generation); else, as after a native
+    core's run, which leaves no such cycles, only the youngest generation is collected (a full
+    one walks every object of the process: it cost about 2.7 s of the default run's 28 s of CPU
+    when every simulation ended with one)."""
     enabled = gc.isenabled()
+    made = _python_executors
     gc.disable()
     try:
         yield
     finally:
         if enabled:
             gc.enable()
-            gc.collect(2 if gc.get_count()[0] > gc.get_threshold()[0] else 0)
+            gc.collect(2 if _python_executors != made else 0)
 
 
 def build_run(workload: str, params: dict[str, Any], seed: int) -> GuestRun:
@@ -97,12 +109,12 @@ def build_run(workload: str, params: dict[str, Any], seed: int) -> GuestRun:
 def machine_for(policy: Policy | None, mem: GuestMemory, mode: Mode, cr3s: list[int]):
     """The executor a policy runs on: native (None), shadow, or two-dimensional paging."""
     if policy is None:
-        return NativeMachine(mem, mode, cr3s)
+        return python_executor(NativeMachine(mem, mode, cr3s))
     if policy.mmu_config(mode.pae).tdp:
         from bench.machine.tdp import TdpMachine
 
-        return TdpMachine(mem, mode, cr3s, policy)
-    return ShadowMachine(mem, mode, cr3s, policy)
+        return python_executor(TdpMachine(mem, mode, cr3s, policy))
+    return python_executor(ShadowMachine(mem, mode, cr3s, policy))
 
 
 def executor_for(run: GuestRun, policy: Policy | None):
@@ -211,7 +223,8 @@ def _record(run: GuestRun, recording: OpRecording, need_trace: bool) -> Any:
     """Execute ``run`` natively into ``recording``; the oracle's trace when ``need_trace``."""
     mode, cr3s = run.guest.mode, list(run.cr3s)
     fast = core.native_execution(run.guest.mem, mode.pae, cr3s, need_trace)
-    native = fast or (oracle.Recorder if need_trace else NativeMachine)(run.guest.mem, mode, cr3s)
+    native = fast or python_executor((oracle.Recorder if need_trace else NativeMachine)(
+        run.guest.mem, mode, cr3s))
     try:
         if fast is not None:  # the native core: execution, the oracle's record and tee in C
             fast.run_recorded(recording, run.ops, run.guest.mem)

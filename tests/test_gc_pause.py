@@ -77,3 +77,25 @@ def test_native_replays_run_with_the_gc_off(monkeypatch):
     for _ in cell.run_cells(["flood-count", "always-emulate"], "kscand", {"quick": True}, 0):
         assert gc.isenabled()
     assert seen == [False, False]
+
+
+def test_a_full_collection_follows_only_a_python_executor(monkeypatch):
+    """The collection ending a paused block is a full one when the block made a Python executor
+    (its cycles reach an older generation through the policy); after the native core's runs,
+    which make none, the youngest generation only."""
+    from bench import core
+
+    if not core.available():
+        pytest.skip(f"the native core is {core.state()}")
+    generations = []
+    real = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda generation=2: generations.append(generation)
+                        or real(generation))
+    for _ in cell.run_cells(["flood-count", "always-emulate"], "kscand", {"quick": True}, 0):
+        pass
+    assert generations and set(generations) == {0}
+    generations.clear()
+    monkeypatch.setattr(core, "replay", lambda *args: False)
+    for _ in cell.run_cells(["flood-count", "always-emulate"], "kscand", {"quick": True}, 0):
+        pass
+    assert generations.count(2) == 2  # the two Python replays

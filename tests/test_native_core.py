@@ -274,13 +274,24 @@ def test_a_differing_read_stops_the_native_replay_as_the_reference():
     assert recording.run(machine.step, mem) is None
 
 
-def test_run_cells_gives_the_same_records_natively_and_in_python(monkeypatch):
-    """The harness path (bench.cell.run_cells) with and without the native core."""
-    specs = ["flood-count", "accessed-clear", "always-emulate", "unsync", "oracle"]
-    native = list(run_cells(specs, "kscand", {"quick": True}, 1, record_oracle=True))
+@pytest.mark.parametrize("workload,params", [
+    ("kscand", {"quick": True}),
+    ("linear-scan", {"quick": True, "pae": True}),
+    ("kmap", {"quick": True, "kernel": "rhel3", "cpus": 2}),
+    ("guest", {"recording": "fork-exit-686-pae", "events": 30_000}),
+])
+def test_run_cells_gives_the_same_records_natively_and_in_python(workload, params, monkeypatch):
+    """The harness path (bench.cell.run_cells) all native (the generator, the shared execution
+    and its recording, the replays, a policy's own stream) and all Python (the generator too)."""
+    from bench.core import generators
+
+    specs = ["flood-count", "accessed-clear", "always-emulate", "unsync", "oracle", "tdp"]
+    native = list(run_cells(specs, workload, params, 1, record_oracle=True))
     monkeypatch.setattr(core, "replay", lambda *args: False)
     monkeypatch.setattr(core, "native_execution", lambda *args: None)
-    python = list(run_cells(specs, "kscand", {"quick": True}, 1, record_oracle=True))
+    monkeypatch.setattr(core, "generate", lambda *args: None)
+    monkeypatch.setattr(generators, "enabled", False)
+    python = list(run_cells(specs, workload, params, 1, record_oracle=True))
     assert native == python
 
 

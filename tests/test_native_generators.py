@@ -353,9 +353,9 @@ def _tiny_cases(tmp_path: Path) -> dict[str, dict]:
             F.Event(F.TABLE, 1, 0, 0, 4096, 1072, 0, new_pt, 0x04000000, 0, bytes(4096)),
             F.Event(F.UNTABLE, 1, 0, 0, 0, 1073, 0, new_pt, 0x04000000, 0),
         ], "t"),
-        "no-final-mark": _tiny_variant(tmp_path, [
+        "no-final-mark": _tiny_variant(tmp_path, [  # ends with a cr3 load held (of another root)
             F.Event(F.WALK, 0, 1, F.USER, 0, 1070, 0x08048000, 0, TR.USER_VA, 0),
-            F.Event(F.CR3, 0, 0, 0, 0, 1080, 0, TR.D, 0, TR.D)], "n", end=False),
+            F.Event(F.CR3, 0, 0, 0, 0, 1080, 0, new_pd, 0, new_pd)], "n", end=False),
         "kmap-slot": {"recording": str(kmap_path)},
     }
 

@@ -590,11 +590,11 @@ static int the_event(OpVec *out, GuestReplay *g, const Event *e, stream_read_fn 
     }
 }
 
-/* after Replayer.ops' loop: the held cr3 load, the last walks, the phase a prefix ends in */
+/* after Replayer.ops' loop: the held cr3 load (handed out; the Replayer's cr3 stays the one
+ * before it, as Replayer.ops leaves it), the last walks, the phase a prefix ends in */
 static int tail(OpVec *out, GuestReplay *g) {
     g->tail_done = 1;
     if (g->held) {
-        g->cr3 = g->held_cr3;
         g->held = 0;
         if (op(out, g, O_CR3, g->held_cr3, 0, 0, I_CR3) < 0)
             return -1;

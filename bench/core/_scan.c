@@ -3,7 +3,8 @@
  * kmap_atomic(KM_PTE2) (workloads/_scan.py referenced_ops, workloads/_kmap.py Kernel.kmap_fn),
  * the user processes (workloads/_users.py AccessStream, UserRunner) and the jiffy timeline
  * (workloads/_scan.py ScanWorkload._timeline); and the kmap microbenchmark (workloads/kmap.py
- * KmapBench._ops, with Kernel.kmap / kunmap on every CPU's KM_PTE2 slot).
+ * KmapBench._ops, with Kernel.kmap / kunmap on every CPU's KM_PTE2 slot). A ScanStream also
+ * hands out the guest workload's replay of a recording, which bench/core/_guest.c makes.
  *
  * A ScanStream is an iterator of the very operation tuples the Python generator yields, in the
  * same order, and it reads guest memory at the same points through the GuestMemory's own
@@ -1415,7 +1416,7 @@ PyTypeObject ScanStreamType = {
     .tp_name = "bench.core._core.ScanStream",
     .tp_basicsize = sizeof(ScanStream),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "ScanStream(spec, mem, sizes, on_done): a scan workload's operations "
+    .tp_doc = "ScanStream(spec, mem, sizes, on_done): a workload's operations generated in C "
               "(bench/core/generators.py)",
     .tp_new = ScanStream_new,
     .tp_dealloc = (destructor)ScanStream_dealloc,
